@@ -1,0 +1,61 @@
+"""Command line for the rules: ``python -m workflow <stage> --params JSON ...``.
+
+Each stage takes its config slice as JSON (the rule's ``params``), its inputs and its
+outputs; everything it logs goes to stderr, which the rules redirect to logs/.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+
+
+def _zip(keys, paths):
+    """Pair the ordered input files with their keys (members or concept names)."""
+    if len(keys) != len(paths):
+        raise SystemExit(f"expected {len(keys)} input files for {keys}, got {len(paths)}")
+    return dict(zip(keys, paths))
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m workflow")
+    p.add_argument("stage", choices=["base", "probe-set", "train", "activations", "probes", "summary"])
+    p.add_argument("--params", required=True, help="config slice as JSON")
+    p.add_argument("--input", nargs="*", default=[])
+    p.add_argument("--output", nargs="*", default=[])
+    p.add_argument("--member", type=int)
+    p.add_argument("--concept")
+    p.add_argument("--threads", type=int, default=1)
+    a = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    cfg = json.loads(a.params)
+    t0 = time.time()
+    if a.stage == "base":
+        from .data import build_base
+        build_base(cfg, a.output[0])
+    elif a.stage == "probe-set":
+        from .data import build_probe_set
+        concept = next(c for c in cfg["concepts"] if c["name"] == a.concept)
+        build_probe_set({k: v for k, v in cfg.items() if k != "concepts"}, concept, a.input[0], a.output[0])
+    elif a.stage == "train":
+        from .train import train_member
+        train_member(a.input[0], a.output[0], a.member, cfg, threads=a.threads)
+    elif a.stage == "activations":
+        from .activations import extract
+        extract(a.input[0], a.input[1], a.output[0], cfg, threads=a.threads)
+    elif a.stage == "probes":
+        from .probes import fit_concept
+        fit_concept(a.input[0], _zip(cfg["members"], a.input[1:]), a.output[0], cfg)
+    elif a.stage == "summary":
+        from .summary import write
+        table = write(_zip(cfg["concepts"], a.input), *a.output)
+        print(table)
+    logging.getLogger("workflow").info("%s done in %.1fs", a.stage, time.time() - t0)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

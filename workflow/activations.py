@@ -1,0 +1,39 @@
+"""Stage 3: per-channel pooled activations of every probe image at every probed layer."""
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from . import checkpoints, h5io
+from .models import resolve_device, to_input
+
+log = logging.getLogger(__name__)
+
+
+@torch.no_grad()
+def pooled_activations(model, images: np.ndarray, layers, device, batch_size: int = 256) -> dict:
+    """{layer: float32 [N, C_l]}: spatial means of each channel of each layer's output."""
+    model.eval()
+    out = {layer: [] for layer in layers}
+    for s in tqdm(range(0, len(images), batch_size), desc="activations", mininterval=5):
+        pooled = model.pooled(to_input(images[s:s + batch_size]).to(device), layers)
+        for layer in layers:
+            out[layer].append(pooled[layer].float().cpu().numpy())
+    return {k: np.concatenate(v) for k, v in out.items()}
+
+
+def extract(model_path, images_path, out_path, cfg: dict, threads: int = 1) -> None:
+    """Write pooled activations of the images in ``images_path`` (a probe set) for ``cfg['layers']``."""
+    torch.set_num_threads(max(1, threads))
+    device = resolve_device(cfg["activations"].get("device", "auto"))
+    model = checkpoints.load(model_path, "final", device)
+    with h5io.read(images_path) as f:
+        images = f["images"][()]
+    acts = pooled_activations(model, images, cfg["layers"], device, cfg["activations"]["batch_size"])
+    with h5io.atomic_h5(out_path, cfg, layers=list(cfg["layers"])) as f:
+        for layer, a in acts.items():
+            f.create_dataset(layer, data=a)
+            log.info("%s: %s", layer, a.shape)

@@ -1,0 +1,81 @@
+"""ImageFolder trees (e.g. ImageNet): ``root/train/<class>/*`` and ``root/val/<class>/*``.
+
+Class ids are torchvision's ImageFolder ids (sorted folder names), so for ImageNet the
+snakes are ids 52-68. ``subset_fraction`` draws a seeded, per-class stratified subset of
+the train split (ImageNet-10% with 0.1). Without a ``val`` folder, a seeded per-class
+``test_fraction`` of the (subset) train images is held out as the test split.
+Images are resized (shorter side) and centre-cropped to ``image_size``.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+
+
+def list_images(folder: Path) -> list:
+    return sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in EXTENSIONS)
+
+
+def load_image(path, size: int) -> np.ndarray:
+    with Image.open(path) as im:
+        im = im.convert("RGB")
+        w, h = im.size
+        s = size / min(w, h)
+        im = im.resize((max(size, round(w * s)), max(size, round(h * s))), Image.BILINEAR)
+        w, h = im.size
+        left, top = (w - size) // 2, (h - size) // 2
+        return np.asarray(im.crop((left, top, left + size, top + size)), dtype=np.uint8)
+
+
+def load_images(paths, size: int, desc: str) -> np.ndarray:
+    out = np.empty((len(paths), size, size, 3), dtype=np.uint8)
+    for i, p in enumerate(tqdm(paths, desc=desc, mininterval=5)):
+        out[i] = load_image(p, size)
+    return out
+
+
+def scan(root) -> tuple:
+    """(class names, {split: [(path, class_id), ...]}) for the train and (optional) val split."""
+    from torchvision.datasets.folder import find_classes, make_dataset
+
+    root = Path(root)
+    classes, class_to_idx = find_classes(str(root / "train"))
+    splits = {"train": make_dataset(str(root / "train"), class_to_idx, EXTENSIONS)}
+    if (root / "val").is_dir():
+        splits["val"] = make_dataset(str(root / "val"), class_to_idx, EXTENSIONS)
+    return classes, splits
+
+
+def stratified_subset(labels: np.ndarray, fraction: float, rng: np.random.Generator) -> np.ndarray:
+    """Sorted indices of a per-class ``fraction`` (at least one image per class)."""
+    keep = []
+    for c in np.unique(labels):
+        idx = np.flatnonzero(labels == c)
+        k = max(1, int(round(fraction * len(idx))))
+        keep.append(rng.choice(idx, size=k, replace=False))
+    return np.sort(np.concatenate(keep))
+
+
+def load(root, size: int, subset_fraction: float, test_fraction: float, rng: np.random.Generator):
+    """Returns dict(train=(images, labels), test=(images, labels), class_names=[...])."""
+    classes, splits = scan(root)
+    tr = splits["train"]
+    labels = np.array([c for _, c in tr], dtype=np.int64)
+    keep = stratified_subset(labels, subset_fraction, rng) if subset_fraction < 1 else np.arange(len(tr))
+    if "val" in splits:
+        te = splits["val"]
+    else:
+        held = stratified_subset(labels[keep], test_fraction, rng)
+        mask = np.zeros(len(keep), bool)
+        mask[held] = True
+        te = [tr[i] for i in keep[mask]]
+        keep = keep[~mask]
+    tr = [tr[i] for i in keep]
+    return {"train": (load_images([p for p, _ in tr], size, "train images"), np.array([c for _, c in tr], np.int64)),
+            "test": (load_images([p for p, _ in te], size, "test images"), np.array([c for _, c in te], np.int64)),
+            "class_names": classes}
