@@ -49,6 +49,8 @@ def check(config: dict, schema_path) -> None:
             raise ConfigError(f"config error: dataset.root: required for dataset {d['name']!r}")
         if not os.path.isdir(root) and not (d["name"] == "cifar10" and d.get("download")):
             raise ConfigError(f"config error: dataset.root: directory not found: {root}")
+        if d["name"] == "cifar10" and d.get("image_size", 32) != 32:
+            raise ConfigError("config error: dataset.image_size: cifar10 images are 32 px; set 32")
         if d["name"] == "imagefolder" and not os.path.isdir(os.path.join(root, "train")):
             raise ConfigError(f"config error: dataset.root: no train/ folder in {root}")
     names = [c["name"] for c in config["concepts"]]

@@ -1,0 +1,142 @@
+"""Each dataset builder on a tiny fixture: synthetic, CIFAR-format files, an ImageFolder tree."""
+import json
+import pickle
+
+import h5py
+import numpy as np
+import pytest
+from PIL import Image
+
+from workflow import data
+from workflow.config import ConfigError, check
+
+CIFAR_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+
+
+def write_cifar(root, per_batch=20, n_test=40):
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for name, n in [(f"data_batch_{i}", per_batch) for i in range(1, 6)] + [("test_batch", n_test)]:
+        batch = {"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8), "labels": [i % 10 for i in range(n)]}
+        with open(folder / name, "wb") as fh:
+            pickle.dump(batch, fh)
+    with open(folder / "batches.meta", "wb") as fh:
+        pickle.dump({"label_names": CIFAR_NAMES}, fh)
+    return batch
+
+
+def write_tree(root, classes=("apple", "bee", "cat"), n_train=10, n_val=3):
+    rng = np.random.default_rng(0)
+    for split, n in (("train", n_train), ("val", n_val)):
+        for ci, c in enumerate(classes):
+            d = root / split / c
+            d.mkdir(parents=True)
+            for i in range(n):
+                arr = np.full((40 + i, 48, 3), 20 * ci + i, np.uint8)
+                Image.fromarray(arr).save(d / f"{i}.png")
+    for key in ("positives", "negatives"):
+        d = root / "concept" / key
+        d.mkdir(parents=True)
+        for i in range(6):
+            Image.fromarray(rng.integers(0, 255, (20, 20, 3), dtype=np.uint8)).save(d / f"{i}.jpg")
+
+
+def base_cfg(**dataset):
+    return {"seed": 0, "dataset": {"image_size": 32, **dataset}}
+
+
+def test_synthetic_base_and_probe_sets(tmp_path):
+    cfg = base_cfg(name="synthetic", synthetic={"n_train": 50, "n_test": 20, "planted_fraction": 0.3})
+    data.build_base(cfg, tmp_path / "base.h5")
+    with h5py.File(tmp_path / "base.h5") as f:
+        assert f["train/images"].shape == (50, 32, 32, 3) and f["test/labels"].shape == (20,)
+        assert f["train/planted"].dtype == bool
+        assert json.loads(f.attrs["config"]) == cfg
+        assert "torch" in json.loads(f.attrs["versions"])
+    pcfg = {**cfg, "probe_set": {"size": 40, "heldout_fraction": 0.25}}
+    for concept in ({"name": "curved", "kind": "classes", "classes": ["circle", 1]}, {"name": "hilo", "kind": "planted"}):
+        out = tmp_path / f"probe_{concept['name']}.h5"
+        data.build_probe_set(pcfg, concept, tmp_path / "base.h5", out)
+        with h5py.File(out) as f:
+            assert f["images"].shape == (40, 32, 32, 3)
+            assert f["labels"][()].sum() == 20
+            assert f["heldout"][()].sum() == 10
+            assert f["train_concept_mask"].shape == (50,)
+    with h5py.File(tmp_path / "base.h5") as f, h5py.File(tmp_path / "probe_curved.h5") as p:
+        assert (p["train_concept_mask"][()] == np.isin(f["train/labels"][()], [0, 1])).all()
+
+
+def test_cifar10_loader(tmp_path):
+    write_cifar(tmp_path / "cifar")
+    cfg = base_cfg(name="cifar10", root=str(tmp_path / "cifar"))
+    data.build_base(cfg, tmp_path / "base.h5")
+    with h5py.File(tmp_path / "base.h5") as f:
+        assert f["train/images"].shape == (100, 32, 32, 3)
+        assert f["test/images"].shape == (40, 32, 32, 3)
+        assert json.loads(f.attrs["class_names"]) == CIFAR_NAMES
+    # the pickled rows are channel-major: pixel (0,0) of image 0 is data[0][[0, 1024, 2048]]
+    with open(tmp_path / "cifar" / "cifar-10-batches-py" / "data_batch_1", "rb") as fh:
+        raw = pickle.load(fh)["data"][0]
+    with h5py.File(tmp_path / "base.h5") as f:
+        assert (f["train/images"][0, 0, 0] == raw[[0, 1024, 2048]]).all()
+    pcfg = {**cfg, "probe_set": {"size": 16, "heldout_fraction": 0.25}}
+    data.build_probe_set(pcfg, {"name": "vehicles", "kind": "classes", "classes": ["automobile", "truck"]},
+                         tmp_path / "base.h5", tmp_path / "probe.h5")
+    with h5py.File(tmp_path / "probe.h5") as f:
+        assert f["labels"][()].sum() == 8 and len(f["labels"]) == 16
+
+
+def test_cifar10_missing_file_is_named(tmp_path):
+    write_cifar(tmp_path / "cifar")
+    (tmp_path / "cifar" / "cifar-10-batches-py" / "data_batch_3").unlink()
+    with pytest.raises(FileNotFoundError, match="data_batch_3"):
+        data.load_base(base_cfg(name="cifar10", root=str(tmp_path / "cifar")))
+
+
+def test_imagefolder_subset_is_stratified_and_seeded(tmp_path):
+    write_tree(tmp_path / "tree")
+    cfg = base_cfg(name="imagefolder", root=str(tmp_path / "tree"), subset_fraction=0.3, test_fraction=0.1)
+    a = data.load_base(cfg)
+    assert a["class_names"] == ["apple", "bee", "cat"]
+    assert np.bincount(a["train"][1]).tolist() == [3, 3, 3]        # 30% of 10 per class
+    assert np.bincount(a["test"][1]).tolist() == [3, 3, 3]         # the val/ folder
+    assert a["train"][0].shape == (9, 32, 32, 3)
+    b = data.load_base(cfg)
+    assert a["train"][0].tobytes() == b["train"][0].tobytes()
+    c = data.load_base({**cfg, "seed": 1})
+    assert a["train"][0].tobytes() != c["train"][0].tobytes()
+
+
+def test_imagefolder_folder_concept(tmp_path):
+    write_tree(tmp_path / "tree")
+    cfg = base_cfg(name="imagefolder", root=str(tmp_path / "tree"), subset_fraction=1.0, test_fraction=0.1)
+    data.build_base(cfg, tmp_path / "base.h5")
+    concept = {"name": "texture", "kind": "folders", "positives": str(tmp_path / "tree/concept/positives"),
+               "negatives": str(tmp_path / "tree/concept/negatives")}
+    data.build_probe_set({**cfg, "probe_set": {"size": 12, "heldout_fraction": 0.5}}, concept,
+                         tmp_path / "base.h5", tmp_path / "probe.h5")
+    with h5py.File(tmp_path / "probe.h5") as f:
+        assert f["images"].shape == (12, 32, 32, 3)
+        assert f["labels"][()].tolist().count(1) == 6
+        assert f["heldout"][()].sum() == 6
+        assert "train_concept_mask" not in f
+
+
+def test_unknown_class_name_is_named():
+    with pytest.raises(ValueError, match="'dragon'"):
+        data.resolve_classes(["dragon"], ["cat", "dog"])
+
+
+def test_config_check_names_the_key(tmp_path):
+    schema = data.__file__.replace("workflow/data.py", "config/schema.yaml")
+    ok = {"experiment": "x", "dataset": {"name": "synthetic"}, "concepts": [{"name": "a", "kind": "planted"}]}
+    check(ok, schema)
+    with pytest.raises(ConfigError, match=r"dataset\.widht: unknown key"):
+        check({**ok, "dataset": {"name": "synthetic", "widht": 3}}, schema)
+    with pytest.raises(ConfigError, match=r"ensemble\.size: 'three' is not of type 'integer'"):
+        check({**ok, "ensemble": {"size": "three"}}, schema)
+    with pytest.raises(ConfigError, match=r"dataset\.root: directory not found: /nonexistent"):
+        check({**ok, "dataset": {"name": "imagefolder", "root": "/nonexistent"}}, schema)
+    with pytest.raises(ConfigError, match=r"concepts\.0 \(a\)\.kind: 'planted' needs"):
+        check({**ok, "dataset": {"name": "cifar10", "root": str(tmp_path)}}, schema)

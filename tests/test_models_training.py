@@ -1,0 +1,73 @@
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from workflow import checkpoints, train
+from workflow.activations import pooled_activations
+from workflow.models import ScalableResNet18, to_input
+
+
+def test_width_and_stem_adapt():
+    small = ScalableResNet18(10, width=8, image_size=32)
+    assert small.conv1.kernel_size == (3, 3) and isinstance(small.maxpool, torch.nn.Identity)
+    assert small.fc.in_features == 64 and small.layer4[0].conv1.out_channels == 64
+    big = ScalableResNet18(1000, width=64, image_size=224)
+    assert big.conv1.kernel_size == (7, 7)
+    assert sum(p.numel() for p in big.parameters()) == 11_689_512  # torchvision's resnet18
+
+
+def test_one_training_step_lowers_the_loss():
+    torch.manual_seed(0)
+    model = ScalableResNet18(10, width=8, image_size=32)
+    x, y = torch.rand(32, 3, 32, 32), torch.randint(0, 10, (32,))
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    model.train()
+    before = F.cross_entropy(model(x), y)
+    opt.zero_grad()
+    before.backward()
+    opt.step()
+    after = F.cross_entropy(model(x), y)
+    assert after.item() < before.item()
+
+
+def test_checkpoint_round_trip_gives_identical_outputs(tmp_path):
+    torch.manual_seed(1)
+    model = ScalableResNet18(10, width=4, image_size=32, mean=(0.4, 0.5, 0.6), std=(0.2, 0.3, 0.25)).eval()
+    with torch.no_grad():  # non-trivial BN statistics
+        model.bn1.running_mean.uniform_(-0.1, 0.1)
+    inter = {1: {k: v.clone() for k, v in model.state_dict().items()}}
+    checkpoints.save(tmp_path / "m.h5", model, inter, {"test_acc": 0.5}, {"seed": 0})
+    assert checkpoints.names(tmp_path / "m.h5") == ["epoch_0001", "final"]
+    loaded = checkpoints.load(tmp_path / "m.h5")
+    x = torch.rand(5, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(model(x), loaded(x))
+    assert checkpoints.metrics(tmp_path / "m.h5") == {"test_acc": 0.5}
+
+
+def test_pooled_activations_match_forward_hooks():
+    torch.manual_seed(2)
+    model = ScalableResNet18(10, width=4, image_size=32).eval()
+    images = np.random.default_rng(0).integers(0, 256, (7, 32, 32, 3), dtype=np.uint8)
+    layers = ["input", "stem", "layer1", "layer2", "layer3", "layer4"]
+    got = pooled_activations(model, images, layers, "cpu", batch_size=3)
+    seen = {}
+    hooks = [getattr(model, name).register_forward_hook(lambda m, i, o, name=name: seen.__setitem__(name, o))
+             for name in ("maxpool", "layer1", "layer2", "layer3", "layer4")]
+    x = to_input(images)
+    with torch.no_grad():
+        model(x)
+    for h in hooks:
+        h.remove()
+    seen["stem"] = seen.pop("maxpool")
+    for layer in layers[1:]:
+        np.testing.assert_allclose(got[layer], seen[layer].mean(dim=(2, 3)).numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(got["input"], x.mean(dim=(2, 3)).numpy(), rtol=1e-6)
+    assert got["layer4"].shape == (7, 32)
+
+
+def test_augment_is_seeded_and_shape_preserving():
+    x = torch.rand(6, 3, 32, 32)
+    a = train.augment(x, torch.Generator().manual_seed(0), 2, True)
+    b = train.augment(x, torch.Generator().manual_seed(0), 2, True)
+    assert a.shape == x.shape and torch.equal(a, b)

@@ -1,0 +1,167 @@
+"""End-to-end: the whole DAG on the tiny config, reruns, bad configs, and a SIGKILL mid-training."""
+import os
+import re
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import yaml
+
+from conftest import REPO, SNAKEMAKE, run_snakemake
+
+pytestmark = pytest.mark.e2e
+TINY = yaml.safe_load((REPO / "tests" / "configs" / "tiny.yaml").read_text())
+CONCEPTS = [c["name"] for c in TINY["concepts"]]
+MEMBERS = range(TINY["ensemble"]["size"])
+
+
+def write_config(workdir, cfg):
+    Path(workdir, "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+
+
+def job_counts(dry_run_stdout: str) -> dict:
+    """{rule: count} from the 'Job stats' table of a dry run."""
+    counts = {}
+    if "Job stats:" not in dry_run_stdout:
+        return counts
+    table = dry_run_stdout.split("Job stats:")[1]
+    for line in table.splitlines()[3:]:
+        m = re.match(r"^(\w+)\s+(\d+)$", line.strip())
+        if not m:
+            break
+        counts[m.group(1)] = int(m.group(2))
+    counts.pop("total", None)
+    return counts
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    wd = tmp_path_factory.mktemp("tiny")
+    write_config(wd, TINY)
+    run_snakemake(wd, "--cores", "2")
+    return wd
+
+
+def numbers(wd):
+    """The numbers a run ends with: weights of every member and every probe accuracy/sparsity."""
+    out = {}
+    res = Path(wd, "results", "tiny", "base")
+    for m in MEMBERS:
+        with h5py.File(res / "models" / f"m{m}.h5") as f:
+            for k, v in f["final"].items():
+                out[f"m{m}/{k}"] = v[()]
+    for c in CONCEPTS:
+        with h5py.File(res / "probes" / f"{c}.h5") as f:
+            out[f"{c}/acc"] = f["heldout_bal_acc"][()]
+            out[f"{c}/k"] = f["sparsity_k"][()]
+    return out
+
+
+def test_every_concept_member_and_layer_is_probed(tiny_run):
+    res = tiny_run / "results" / "tiny"
+    for c in CONCEPTS:
+        with h5py.File(res / "base" / "probes" / f"{c}.h5") as f:
+            assert f["heldout_bal_acc"].shape == (len(MEMBERS), len(TINY["layers"]))
+            assert np.all((f["heldout_bal_acc"][()] >= 0) & (f["heldout_bal_acc"][()] <= 1))
+            for m in MEMBERS:
+                for layer in TINY["layers"]:
+                    g = f[f"m{m}/{layer}"]
+                    assert g["coef"].shape == g["mean"].shape == g["scale"].shape
+                    assert 1 <= g.attrs["sparsity_k"] <= g.attrs["n_channels"]
+    with h5py.File(res / "base" / "models" / "m0.h5") as f:
+        assert {"final", "epoch_0001"} <= set(f.keys())  # checkpoint_every: 1
+        assert 0 <= f.attrs["test_acc"] <= 1
+        assert yaml.safe_load(f.attrs["config"])["train"]["epochs"] == 2
+    summary = yaml.safe_load((res / "base" / "summary.json").read_text())
+    assert set(summary) == set(CONCEPTS)
+    assert all(s["location"] in TINY["layers"] for s in summary.values())
+    assert (res / "base" / "summary.png").stat().st_size > 1000
+    assert (tiny_run / "logs" / "tiny" / "base" / "train" / "m0.log").read_text().count("epoch") >= 2
+    assert not list(res.rglob(".*.tmp-*"))
+
+
+def test_second_run_does_nothing(tiny_run):
+    proc = run_snakemake(tiny_run, "-n", "--cores", "1")
+    assert "Nothing to be done" in proc.stdout + proc.stderr
+
+
+def test_probe_edit_reruns_probes_not_training(tiny_run, tmp_path):
+    cfg = yaml.safe_load(yaml.safe_dump(TINY))
+    cfg["probes"]["sparsity_threshold"] = 0.9
+    wd = tiny_run
+    edited = tmp_path / "config.yaml"
+    edited.write_text(yaml.safe_dump(cfg))
+    proc = subprocess.run([SNAKEMAKE, "-s", str(REPO / "Snakefile"), "--configfile", str(edited), "-n", "--cores", "1"],
+                          cwd=wd, capture_output=True, text=True, check=True)
+    counts = job_counts(proc.stdout)
+    assert counts == {"probes": len(CONCEPTS), "summarize": 1, "all": 1}, proc.stdout[-3000:]
+
+
+def test_training_edit_reruns_training_and_downstream_not_data(tiny_run, tmp_path):
+    cfg = yaml.safe_load(yaml.safe_dump(TINY))
+    cfg["train"]["epochs"] = 3
+    edited = tmp_path / "config.yaml"
+    edited.write_text(yaml.safe_dump(cfg))
+    proc = subprocess.run([SNAKEMAKE, "-s", str(REPO / "Snakefile"), "--configfile", str(edited), "-n", "--cores", "1"],
+                          cwd=tiny_run, capture_output=True, text=True, check=True)
+    n = len(MEMBERS)
+    assert job_counts(proc.stdout) == {"train": n, "activations": n * len(CONCEPTS), "probes": len(CONCEPTS),
+                                       "summarize": 1, "all": 1}, proc.stdout[-3000:]
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda c: c["dataset"].update(widht=3), r"dataset\.widht: unknown key"),
+    (lambda c: c["ensemble"].update(size="three"), r"ensemble\.size: 'three' is not of type 'integer'"),
+    (lambda c: c.update(dataset={"name": "imagefolder", "root": "/no/such/imagenet"}),
+     r"dataset\.root: directory not found: /no/such/imagenet"),
+])
+def test_bad_config_fails_before_any_job(tmp_path, edit, message):
+    cfg = yaml.safe_load(yaml.safe_dump(TINY))
+    edit(cfg)
+    write_config(tmp_path, cfg)
+    proc = run_snakemake(tmp_path, "--cores", "1", check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert re.search(message, out), out[-2000:]
+    assert "Select jobs" not in out and not (tmp_path / "results").exists()
+
+
+def test_sigkill_mid_training_then_rerun_matches_uninterrupted(tiny_run, tmp_path):
+    write_config(tmp_path, TINY)
+    cmd = [SNAKEMAKE, "-s", str(REPO / "Snakefile"), "--profile", str(REPO / "profiles" / "default"),
+           "--configfile", str(tmp_path / "config.yaml"), "--cores", "1"]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    models = tmp_path / "results" / "tiny" / "base" / "models"
+    logs = tmp_path / "logs" / "tiny" / "base" / "train"
+    killed_member, deadline = None, time.time() + 300
+    try:
+        while killed_member is None and proc.poll() is None and time.time() < deadline:
+            for m in MEMBERS:
+                log = logs / f"m{m}.log"
+                if not (models / f"m{m}.h5").exists() and log.exists() and "epoch 1/" in log.read_text():
+                    os.killpg(proc.pid, signal.SIGKILL)  # snakemake and its running job, no cleanup
+                    killed_member = m
+                    break
+            time.sleep(0.01)
+    finally:
+        if proc.poll() is None and killed_member is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert killed_member is not None, "training finished before it could be interrupted"
+    assert not (models / f"m{killed_member}.h5").exists()  # no half-written file under the final name
+    finished = {m: (models / f"m{m}.h5").stat().st_mtime_ns for m in MEMBERS if (models / f"m{m}.h5").exists()}
+
+    run_snakemake(tmp_path, "--cores", "1")
+    for m, mtime in finished.items():  # finished jobs kept, not redone
+        assert (models / f"m{m}.h5").stat().st_mtime_ns == mtime
+    assert (models / f"m{killed_member}.h5").exists()
+    a, b = numbers(tiny_run), numbers(tmp_path)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert np.array_equal(a[k], b[k]), k
