@@ -16,5 +16,5 @@ rule activations:
     conda:
         "../envs/torch.yaml"
     shell:
-        "{STAGE} activations --params {params.cfg:q} --threads {threads} "
+        "python -m workflow activations --params {params.cfg:q} --threads {threads} "
         "--input {input.model:q} {input.images:q} --output {output:q} > {log:q} 2>&1"

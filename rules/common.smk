@@ -1,7 +1,7 @@
 # Shared helpers: paths, config slices (passed as params so an edit reruns exactly
 # the affected jobs) and the command that runs a stage of the workflow package.
 import json
-import shlex
+import os
 
 from snakemake.settings.types import DeploymentMethod
 from workflow.config import dataset_slice
@@ -18,10 +18,13 @@ wildcard_constraints:
     member=r"\d+",
     condition="|".join(CONDITIONS),
 
-# With --use-conda the rule's environment provides `python`; otherwise use ours.
-_PY = ("python" if DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method
-       else shlex.quote(sys.executable))
-STAGE = f"PYTHONPATH={shlex.quote(workflow.basedir)}${{PYTHONPATH:+:$PYTHONPATH}} {_PY} -m workflow"
+# Jobs run `python -m workflow <stage>`: make the package importable and, unless
+# --use-conda supplies each rule's own python, put this interpreter first on PATH.
+# (Environment variables set here reach local jobs and, since cluster jobs re-read
+# the Snakefile, jobs on SLURM too.)
+os.environ.update(PYTHONPATH=os.pathsep.join(filter(None, [workflow.basedir, os.getenv("PYTHONPATH")])))
+if DeploymentMethod.CONDA not in workflow.deployment_settings.deployment_method:
+    os.environ.update(PATH=os.pathsep.join([os.path.dirname(sys.executable), os.getenv("PATH", "")]))
 
 
 def as_json(obj):

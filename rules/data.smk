@@ -12,7 +12,7 @@ rule base_data:
     conda:
         "../envs/torch.yaml"
     shell:
-        "{STAGE} base --params {params.cfg:q} --output {output:q} > {log:q} 2>&1"
+        "python -m workflow base --params {params.cfg:q} --output {output:q} > {log:q} 2>&1"
 
 
 rule probe_set:
@@ -28,5 +28,5 @@ rule probe_set:
     conda:
         "../envs/torch.yaml"
     shell:
-        "{STAGE} probe-set --params {params.cfg:q} --concept {wildcards.concept} "
+        "python -m workflow probe-set --params {params.cfg:q} --concept {wildcards.concept} "
         "--input {input:q} --output {output:q} > {log:q} 2>&1"

@@ -16,5 +16,5 @@ rule probes:
     conda:
         "../envs/sklearn.yaml"
     shell:
-        "{STAGE} probes --params {params.cfg:q} "
+        "python -m workflow probes --params {params.cfg:q} "
         "--input {input.probe_set:q} {input.acts:q} --output {output:q} > {log:q} 2>&1"

@@ -16,12 +16,18 @@ rule summarize:
     conda:
         "../envs/sklearn.yaml"
     shell:
-        "{STAGE} summary --params {params.cfg:q} --input {input:q} "
+        "python -m workflow summary --params {params.cfg:q} --input {input:q} "
         "--output {output.json:q} {output.png:q} {output.txt:q} 2> {log:q} | tee -a {log:q}"
 
 
 rule summary:
     input:
-        expand(f"{RESULTS}/base/summary.{{ext}}", ext=["json", "png", "txt"]),
+        json=f"{RESULTS}/base/summary.json",
+        png=f"{RESULTS}/base/summary.png",
+        txt=f"{RESULTS}/base/summary.txt",
+    log:
+        f"{LOGS}/summary.log",
+    conda:
+        "../envs/sklearn.yaml"
     shell:
-        "cat {input[2]:q}"
+        "cat {input.txt:q} | tee {log:q}"

@@ -15,5 +15,5 @@ rule train:
     conda:
         "../envs/torch.yaml"
     shell:
-        "{STAGE} train --params {params.cfg:q} --member {wildcards.member} --threads {threads} "
+        "python -m workflow train --params {params.cfg:q} --member {wildcards.member} --threads {threads} "
         "--input {input:q} --output {output:q} > {log:q} 2>&1"

@@ -157,6 +157,9 @@ def test_sigkill_mid_training_then_rerun_matches_uninterrupted(tiny_run, tmp_pat
     assert not (models / f"m{killed_member}.h5").exists()  # no half-written file under the final name
     finished = {m: (models / f"m{m}.h5").stat().st_mtime_ns for m in MEMBERS if (models / f"m{m}.h5").exists()}
 
+    # what a researcher does after a crash: release the stale lock, run again
+    # (rerun-incomplete comes from profiles/default)
+    run_snakemake(tmp_path, "--unlock", "--cores", "1")
     run_snakemake(tmp_path, "--cores", "1")
     for m, mtime in finished.items():  # finished jobs kept, not redone
         assert (models / f"m{m}.h5").stat().st_mtime_ns == mtime

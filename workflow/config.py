@@ -23,7 +23,7 @@ def schema_errors(config: dict, schema: dict) -> list:
     import jsonschema
 
     msgs = []
-    for e in sorted(jsonschema.Draft7Validator(schema).iter_errors(config), key=lambda e: list(map(str, e.path))):
+    for e in sorted(jsonschema.Draft202012Validator(schema).iter_errors(config), key=lambda e: list(map(str, e.path))):
         where = _where(e.absolute_path)
         if e.validator == "additionalProperties" and isinstance(e.instance, dict):
             for key in sorted(set(e.instance) - set(e.schema.get("properties", {}))):
