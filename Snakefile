@@ -1,5 +1,6 @@
 # concept-attribution: which training images taught a network a concept at a layer?
-# Stages (../shared/SPEC.md): data -> train -> activations -> probes -> summary.
+# Stages (../shared/SPEC.md): data -> train -> activations -> probes -> summary
+#                             -> TRAK featurize (sharded) -> gather -> score -> trak_report.
 import sys
 
 sys.path.insert(0, workflow.basedir)
@@ -24,6 +25,7 @@ include: "rules/train.smk"
 include: "rules/activations.smk"
 include: "rules/probes.smk"
 include: "rules/summary.smk"
+include: "rules/trak.smk"
 
 
 localrules:
@@ -35,3 +37,4 @@ rule all:
     default_target: True
     input:
         rules.summary.input,
+        expand(f"{RESULTS}/base/trak/enrichment.json"),

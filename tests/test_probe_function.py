@@ -4,7 +4,6 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
 from workflow import probes
-from workflow.activations import pooled_activations
 from workflow.models import ScalableResNet18, to_input
 from workflow.probe_function import ProbeOutput, per_example_output
 
@@ -14,7 +13,9 @@ def test_probe_as_torch_function_equals_sklearn_decision_function():
     model = ScalableResNet18(10, width=4, image_size=32).eval()
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (80, 32, 32, 3), dtype=np.uint8)
-    feats = pooled_activations(model, images, ["layer2"], "cpu")["layer2"].astype(np.float64)
+    model = model.double()
+    with torch.no_grad():
+        feats = model.pooled(to_input(images).double(), ["layer2"])["layer2"].numpy()
     y = (feats[:, 0] > np.median(feats[:, 0])).astype(int)
     probe = probes.fit_dense(feats, y, [1.0], seed=0)
 
@@ -25,7 +26,7 @@ def test_probe_as_torch_function_equals_sklearn_decision_function():
 
     f = ProbeOutput(probe, "layer2", dtype=torch.float64)
     with torch.no_grad():
-        got = f(model.double(), to_input(images).double()).numpy()
+        got = f(model, to_input(images).double()).numpy()
     np.testing.assert_allclose(got, expected, atol=1e-5, rtol=1e-5)
     np.testing.assert_allclose(got, probes.decision_function(probe, feats), atol=1e-8)
 
@@ -33,7 +34,7 @@ def test_probe_as_torch_function_equals_sklearn_decision_function():
 def test_per_example_gradients_under_vmap_match_single_example_gradients():
     torch.manual_seed(1)
     model = ScalableResNet18(10, width=4, image_size=32).eval()
-    probe = {"coef": np.linspace(-1, 1, 16), "mean": np.zeros(16), "scale": np.ones(16), "intercept": 0.5}
+    probe = {"coef": np.linspace(-1, 1, 8), "mean": np.full(8, 0.1), "scale": np.full(8, 2.0), "intercept": 0.5}
     fn = ProbeOutput(probe, "layer2")
     f = per_example_output(model, fn)
     params = {k: v.detach() for k, v in model.named_parameters()}

@@ -10,6 +10,7 @@ import json
 import logging
 import sys
 import time
+from pathlib import Path
 
 
 def _zip(keys, paths):
@@ -21,13 +22,17 @@ def _zip(keys, paths):
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m workflow")
-    p.add_argument("stage", choices=["base", "probe-set", "train", "activations", "probes", "summary"])
+    p.add_argument("stage", choices=["base", "probe-set", "train", "activations", "probes", "summary", "featurize", "gather", "score",
+                                      "trak-report"])
     p.add_argument("--params", required=True, help="config slice as JSON")
     p.add_argument("--input", nargs="*", default=[])
     p.add_argument("--output", nargs="*", default=[])
     p.add_argument("--member", type=int)
     p.add_argument("--concept")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--checkpoint")
+    p.add_argument("--shard", type=int)
+    p.add_argument("--layer")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -53,6 +58,30 @@ def main(argv=None) -> int:
         from .summary import write
         table = write(_zip(cfg["concepts"], a.input), *a.output)
         print(table)
+    elif a.stage == "featurize":
+        from .trak_features import featurize
+        featurize(a.input[0], a.input[1], a.output[0], a.member, a.checkpoint, a.shard, cfg, threads=a.threads)
+    elif a.stage == "gather":
+        from .trak_features import gather
+        gather(a.input, a.output[0], cfg)
+    elif a.stage == "score":
+        from .trak_scores import score
+        members, ckpts = cfg["members"], cfg["trak"]["checkpoints"]
+        models = dict(zip(members, a.input[2:2 + len(members)]))
+        feats = a.input[2 + len(members):]
+        keys = [(m, c) for m in members for c in ckpts]  # expand() order: member-major
+        score(a.concept, a.layer, a.input[0], a.input[1], {k: models[k[0]] for k in keys}, _zip(keys, feats),
+              a.output[0], a.output[1], cfg, threads=a.threads)
+    elif a.stage == "trak-report":
+        from .trak_report import write
+        concepts, layers = cfg["concepts"], cfg["layers"]
+        res = Path(a.output[0]).parent
+        keys = [(c, l) for c in concepts for l in layers]
+        text = write(a.input[0], a.input[1], {k: res / "scores" / k[0] / f"{k[1]}.h5" for k in keys},
+                     {k: res / "scores" / k[0] / f"{k[1]}.json" for k in keys}, a.output[0],
+                     _zip(concepts, a.output[2:]))
+        Path(a.output[1]).write_text(text + "\n")
+        print(text)
     logging.getLogger("workflow").info("%s done in %.1fs", a.stage, time.time() - t0)
     return 0
 

@@ -53,6 +53,7 @@ def check(config: dict, schema_path) -> None:
             raise ConfigError("config error: dataset.image_size: cifar10 images are 32 px; set 32")
         if d["name"] == "imagefolder" and not os.path.isdir(os.path.join(root, "train")):
             raise ConfigError(f"config error: dataset.root: no train/ folder in {root}")
+    check_trak(config)
     names = [c["name"] for c in config["concepts"]]
     if len(set(names)) != len(names):
         raise ConfigError(f"config error: concepts: duplicate concept names in {names}")
@@ -68,6 +69,19 @@ def check(config: dict, schema_path) -> None:
                     raise ConfigError(f"config error: {where}.{key}: required for kind 'folders'")
                 if not os.path.isdir(c[key]):
                     raise ConfigError(f"config error: {where}.{key}: directory not found: {c[key]}")
+
+
+def check_trak(config: dict) -> None:
+    t, tr = config.get("trak", {}), config.get("train", {})
+    every, epochs = tr.get("checkpoint_every", 0), tr.get("epochs", 8)
+    for name in t.get("checkpoints", []):
+        if name.startswith("epoch_"):
+            e = int(name.split("_")[1])
+            if not every or e % every or e >= epochs:
+                raise ConfigError(f"config error: trak.checkpoints: {name} is not saved by training "
+                                  f"(train.checkpoint_every={every}, train.epochs={epochs})")
+    if t.get("precision") == "float16" and t.get("device") != "cuda":
+        raise ConfigError("config error: trak.precision: float16 needs trak.device cuda")
 
 
 def dataset_slice(config: dict) -> dict:

@@ -43,7 +43,7 @@ def write(summary_json, base_path, score_files: dict, enrichment_files: dict, ou
         images, labels = f["train/images"][()], f["train/labels"][()]
         class_names = json.loads(f.attrs["class_names"])
     table, lines = {}, []
-    for (concept, layer), p in sorted(enrichment_files.items()):
+    for (concept, layer), p in enrichment_files.items():
         table.setdefault(concept, {})[layer] = json.loads(Path(p).read_text())
     for concept, png in grid_paths.items():
         loc = summary[concept]["location"]
