@@ -13,7 +13,14 @@ CONCEPTS = [c["name"] for c in config["concepts"]]
 MEMBERS = list(range(config["ensemble"]["size"]))
 CONDITIONS = ["base"]
 
+TRAK_CKPTS = config["trak"]["checkpoints"]
+SHARDS = list(range(config["trak"]["shards"]))
+LAYERS = config["layers"]
+
 wildcard_constraints:
+    ckpt=r"final|epoch_\d{4}",
+    shard=r"\d+",
+    layer="|".join(LAYERS),
     concept="|".join(CONCEPTS),
     member=r"\d+",
     condition="|".join(CONDITIONS),
@@ -51,3 +58,12 @@ def activation_params():
 
 def probe_params():
     return {"seed": config["seed"], "layers": config["layers"], "probes": config["probes"], "members": MEMBERS}
+
+
+def trak_params(*keys):
+    t = config["trak"]
+    return {"seed": config["seed"], "trak": {k: t[k] for k in keys}}
+
+
+FEATURIZE_KEYS = ("proj_dim", "proj_seed", "projector", "device", "shards", "precision", "checkpoints",
+                  "batch_size")

@@ -1,23 +1,5 @@
 # Stages 5-6: TRAK features of the training set (sharded), gathered per model checkpoint,
 # then scores whose target is each concept probe at each layer, and a first-look report.
-TRAK_CKPTS = config["trak"]["checkpoints"]
-SHARDS = list(range(config["trak"]["shards"]))
-LAYERS = config["layers"]
-
-
-wildcard_constraints:
-    ckpt=r"final|epoch_\d{4}",
-    shard=r"\d+",
-    layer="|".join(LAYERS),
-
-
-def trak_params(*keys):
-    t = config["trak"]
-    return {"seed": config["seed"], "trak": {k: t[k] for k in keys}}
-
-
-FEATURIZE_KEYS = ("proj_dim", "proj_seed", "projector", "device", "shards", "precision", "checkpoints",
-                  "batch_size")
 
 
 rule featurize:

@@ -18,6 +18,9 @@ pytestmark = pytest.mark.e2e
 TINY = yaml.safe_load((REPO / "tests" / "configs" / "tiny.yaml").read_text())
 CONCEPTS = [c["name"] for c in TINY["concepts"]]
 MEMBERS = range(TINY["ensemble"]["size"])
+LAYERS = TINY["layers"]
+N_CKPT, N_SHARDS = len(TINY["trak"]["checkpoints"]), TINY["trak"]["shards"]
+N_SCORE = len(CONCEPTS) * len(LAYERS)
 
 
 def write_config(workdir, cfg):
@@ -59,6 +62,9 @@ def numbers(wd):
         with h5py.File(res / "probes" / f"{c}.h5") as f:
             out[f"{c}/acc"] = f["heldout_bal_acc"][()]
             out[f"{c}/k"] = f["sparsity_k"][()]
+        for layer in LAYERS:
+            with h5py.File(res / "trak" / "scores" / c / f"{layer}.h5") as f:
+                out[f"{c}/{layer}/scores"] = f["per_target"][()]
     return out
 
 
@@ -85,6 +91,26 @@ def test_every_concept_member_and_layer_is_probed(tiny_run):
     assert not list(res.rglob(".*.tmp-*"))
 
 
+def test_trak_scores_for_every_concept_and_layer(tiny_run):
+    trak = tiny_run / "results" / "tiny" / "base" / "trak"
+    n_train = TINY["dataset"]["synthetic"]["n_train"]
+    for c in CONCEPTS:
+        for layer in LAYERS:
+            with h5py.File(trak / "scores" / c / f"{layer}.h5") as f:
+                scores = f["per_target"][()]
+                assert scores.shape[1] == n_train and 1 <= scores.shape[0] <= TINY["trak"]["max_targets"]
+                assert np.isfinite(scores).all() and np.abs(scores).max() > 0
+                np.testing.assert_allclose(f["concept_score"][()], scores.mean(0), rtol=1e-5)
+            e = yaml.safe_load((trak / "scores" / c / f"{layer}.json").read_text())
+            assert e["k"] == round(TINY["trak"]["top_fraction"] * n_train) and e["enrichment"] >= 0
+        assert (trak / f"top_bottom_{c}.png").stat().st_size > 5000
+    with h5py.File(trak / "features" / "m0_final.h5") as f:
+        assert f["grads"].shape == (n_train, TINY["trak"]["proj_dim"])
+        assert f.attrs["projector"] == "SparseJLProjector" and f.attrs["proj_seed"] == 0
+    table = yaml.safe_load((trak / "enrichment.json").read_text())
+    assert set(table) == set(CONCEPTS)
+
+
 def test_second_run_does_nothing(tiny_run):
     proc = run_snakemake(tiny_run, "-n", "--cores", "1")
     assert "Nothing to be done" in proc.stdout + proc.stderr
@@ -99,7 +125,8 @@ def test_probe_edit_reruns_probes_not_training(tiny_run, tmp_path):
     proc = subprocess.run([SNAKEMAKE, "-s", str(REPO / "Snakefile"), "--configfile", str(edited), "-n", "--cores", "1"],
                           cwd=wd, capture_output=True, text=True, check=True)
     counts = job_counts(proc.stdout)
-    assert counts == {"probes": len(CONCEPTS), "summarize": 1, "all": 1}, proc.stdout[-3000:]
+    assert counts == {"probes": len(CONCEPTS), "summarize": 1, "score": N_SCORE, "trak_report": 1, "all": 1}, \
+        proc.stdout[-3000:]
 
 
 def test_training_edit_reruns_training_and_downstream_not_data(tiny_run, tmp_path):
@@ -111,7 +138,19 @@ def test_training_edit_reruns_training_and_downstream_not_data(tiny_run, tmp_pat
                           cwd=tiny_run, capture_output=True, text=True, check=True)
     n = len(MEMBERS)
     assert job_counts(proc.stdout) == {"train": n, "activations": n * len(CONCEPTS), "probes": len(CONCEPTS),
-                                       "summarize": 1, "all": 1}, proc.stdout[-3000:]
+                                       "summarize": 1, "featurize": n * N_CKPT * N_SHARDS,
+                                       "gather_features": n * N_CKPT, "score": N_SCORE, "trak_report": 1,
+                                       "all": 1}, proc.stdout[-3000:]
+
+
+def test_trak_edit_reruns_scoring_only(tiny_run, tmp_path):
+    cfg = yaml.safe_load(yaml.safe_dump(TINY))
+    cfg["trak"]["max_targets"] = 5
+    edited = tmp_path / "config.yaml"
+    edited.write_text(yaml.safe_dump(cfg))
+    proc = subprocess.run([SNAKEMAKE, "-s", str(REPO / "Snakefile"), "--configfile", str(edited), "-n", "--cores", "1"],
+                          cwd=tiny_run, capture_output=True, text=True, check=True)
+    assert job_counts(proc.stdout) == {"score": N_SCORE, "trak_report": 1, "all": 1}, proc.stdout[-3000:]
 
 
 @pytest.mark.parametrize("edit, message", [

@@ -77,9 +77,7 @@ def featurize(model_path, data_path, out_path, member: int, checkpoint: str, sha
     for s in tqdm(range(0, len(idx), bs), desc=f"featurize m{member} {checkpoint} shard {shard}", mininterval=10):
         x = to_input(images[s:s + bs]).to(device)
         y = torch.as_tensor(labels[s:s + bs]).to(device)
-        grads = gc.compute_per_sample_grad((x, y))
-        feats[s:s + bs] = proj.project(grads, attrs["model_id"]).float().cpu().numpy()
-        otl[s:s + bs] = gc.compute_loss_grad((x, y)).float().cpu().numpy().ravel()
+        feats[s:s + bs], otl[s:s + bs] = train_features(gc, proj, x, y, attrs["model_id"])
     with h5io.atomic_h5(out_path, cfg, shard=int(shard), n_shards=int(tcfg["shards"]), n_train=int(n_train),
                         **attrs) as f:
         f.create_dataset("grads", data=feats)
@@ -89,13 +87,32 @@ def featurize(model_path, data_path, out_path, member: int, checkpoint: str, sha
              tcfg["shards"], len(idx), attrs["projector"], attrs["proj_dim"], float(otl.mean()))
 
 
+def _py(v):
+    """HDF5 attribute -> plain python value (readable in messages)."""
+    return v.item() if hasattr(v, "item") else (v.decode() if isinstance(v, bytes) else v)
+
+
+def x_xtx_inv(grads: np.ndarray, lambda_reg: float = 0.0):
+    """(X (X^T X + lam I)^-1, lam) in float64; lam = lambda_reg x mean diagonal of X^T X."""
+    x = torch.as_tensor(np.asarray(grads), dtype=torch.float64)
+    xtx = x.T @ x
+    lam = float(lambda_reg) * float(torch.diagonal(xtx).mean())
+    return (x @ torch.linalg.inv(xtx + lam * torch.eye(xtx.shape[0], dtype=torch.float64))).numpy(), lam
+
+
+def train_features(gc, proj, x, y, model_id: int):
+    """Projected margin gradients [B, k] and out-to-loss terms [B] of one batch."""
+    grads = proj.project(gc.compute_per_sample_grad((x, y)), model_id).float().cpu().numpy()
+    return grads, gc.compute_loss_grad((x, y)).float().cpu().numpy().ravel()
+
+
 def gather(shard_paths, out_path, cfg: dict) -> None:
     """Join shards after checking they are complete and consistent; add X (X^T X + lam I)^-1."""
     metas, parts = [], []
     for p in shard_paths:
         try:
             with h5io.read(p) as f:
-                meta = {k: f.attrs[k] for k in CHECKED_ATTRS + ("shard",)}
+                meta = {k: _py(f.attrs[k]) for k in CHECKED_ATTRS + ("shard",)}
                 part = (f["indices"][()], f["grads"][()], f["out_to_loss"][()])
         except (OSError, KeyError) as e:
             raise ValueError(f"{p}: unreadable or incomplete TRAK shard ({e})") from e
@@ -120,22 +137,18 @@ def gather(shard_paths, out_path, cfg: dict) -> None:
     for p, q in zip(shard_paths, parts):
         if not (np.isfinite(q[1]).all() and np.isfinite(q[2]).all()):
             raise ValueError(f"{p}: TRAK shard holds non-finite values")
-    x = torch.as_tensor(grads, dtype=torch.float64)
-    xtx = x.T @ x
-    lam = float(cfg["trak"]["lambda_reg"]) * float(torch.diagonal(xtx).mean())
-    x_xtx_inv = x @ torch.linalg.inv(xtx + lam * torch.eye(xtx.shape[0], dtype=torch.float64))
+    x_inv, lam = x_xtx_inv(grads, cfg["trak"]["lambda_reg"])
     attrs = {k: ref[k] for k in CHECKED_ATTRS if k != "n_shards"}
     with h5io.atomic_h5(out_path, cfg, lambda_abs=lam, **attrs) as f:
         f.create_dataset("grads", data=grads)
         f.create_dataset("out_to_loss", data=otl)
-        f.create_dataset("x_xtx_inv", data=x_xtx_inv.numpy().astype(np.float32))
+        f.create_dataset("x_xtx_inv", data=x_inv.astype(np.float32))
     log.info("gathered %d shards: %d x %d features", len(shard_paths), *grads.shape)
 
 
 def load_meta(path) -> dict:
     with h5io.read(path) as f:
-        return {k: (f.attrs[k].item() if hasattr(f.attrs[k], "item") else f.attrs[k])
-                for k in f.attrs if k not in ("config", "versions")}
+        return {k: _py(f.attrs[k]) for k in f.attrs if k not in ("config", "versions")}
 
 
 def describe(meta: dict) -> str:

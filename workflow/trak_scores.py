@@ -41,9 +41,13 @@ def target_images(probe_set_path, max_targets: int, seed: int, concept: str):
 
 def probe_gradients(model, probe: dict, layer: str, images, proj, model_id: int, batch_size: int):
     """Projected per-example gradients [T, k] of the probe output at ``layer``."""
+    f = per_example_output(model, ProbeOutput(probe, layer, device=next(model.parameters()).device))
+    return target_gradients(model, f, images, proj, model_id, batch_size)
+
+
+def target_gradients(model, f, images, proj, model_id: int, batch_size: int):
+    """Projected per-example gradients [T, k] of ``f(params, buffers, x)``, a scalar per image."""
     device = next(model.parameters()).device
-    fn = ProbeOutput(probe, layer, device=device)
-    f = per_example_output(model, fn)
     params = {k: v.detach() for k, v in model.named_parameters()}
     buffers = {k: v.detach() for k, v in model.named_buffers()}
     grad_fn = torch.func.vmap(torch.func.grad(f), in_dims=(None, None, 0))
@@ -52,6 +56,14 @@ def probe_gradients(model, probe: dict, layer: str, images, proj, model_id: int,
         x = to_input(images[s:s + batch_size]).to(device)
         out.append(proj.project(vectorize(grad_fn(params, buffers, x), device=device), model_id).float().cpu())
     return torch.cat(out).numpy()
+
+
+def combine(parts) -> np.ndarray:
+    """TRAK's ensemble rule over models m: parts = [(x_xtx_inv_m [n,k], target_grads_m [T,k],
+    out_to_loss_m [n]), ...] -> scores [T, n] = (mean_m X_m(X_m^T X_m)^-1 g_m) * mean_m out_to_loss_m."""
+    acc = sum(np.asarray(x, np.float64) @ np.asarray(g, np.float64).T for x, g, _ in parts) / len(parts)
+    otl = sum(np.asarray(o, np.float64) for _, _, o in parts) / len(parts)
+    return (acc * otl[:, None]).T
 
 
 def enrichment(scores: np.ndarray, truth: np.ndarray, fraction: float, seed: int) -> dict:
@@ -76,7 +88,7 @@ def score(concept: str, layer: str, probe_set_path, probes_path, models: dict, f
     tidx, timages = target_images(probe_set_path, tcfg["max_targets"], cfg["seed"], concept)
     if len(tidx) == 0:
         raise ValueError(f"{probe_set_path}: concept {concept!r} has no held-out positives to use as TRAK targets")
-    acc, otl_sum = None, None
+    parts = []
     for (member, ckpt) in tqdm(sorted(models), desc=f"score {concept}/{layer}"):
         model, proj, attrs = setup(models[(member, ckpt)], ckpt, member, tcfg)
         meta = load_meta(features[(member, ckpt)])
@@ -88,11 +100,9 @@ def score(concept: str, layer: str, probe_set_path, probes_path, models: dict, f
         g = probe_gradients(model, probe, layer, timages, proj, attrs["model_id"], tcfg["batch_size"])
         with h5io.read(features[(member, ckpt)]) as f:
             x_inv, otl = f["x_xtx_inv"][()].astype(np.float64), f["out_to_loss"][()].astype(np.float64)
-        part = x_inv @ g.astype(np.float64).T                      # [n_train, targets]
-        acc = part if acc is None else acc + part
-        otl_sum = otl if otl_sum is None else otl_sum + otl
+        parts.append((x_inv, g, otl))
     n = len(models)
-    per_target = ((acc / n) * (otl_sum / n)[:, None]).T.astype(np.float32)   # [targets, n_train]
+    per_target = combine(parts).astype(np.float32)   # [targets, n_train]
     concept_score = per_target.mean(0)
     result = {"concept": concept, "layer": layer, "n_targets": int(len(tidx)), "n_models": n}
     with h5io.read(probe_set_path) as f:
