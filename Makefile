@@ -16,8 +16,8 @@ $(STAMP): requirements.txt requirements-dev.txt
 
 demo: venv
 	$(BIN)/snakemake --cores all
-	@cat results/demo/base/summary.txt
-	@echo "summary: results/demo/base/summary.{txt,json,png}"
+	@cat results/demo/base/summary.txt results/demo/base/trak/enrichment.txt
+	@echo "summary: results/demo/base/summary.{txt,json,png}; attribution: results/demo/base/trak/"
 
 test: venv
 	$(BIN)/python -m pytest -q tests

@@ -116,41 +116,36 @@ def test_second_run_does_nothing(tiny_run):
     assert "Nothing to be done" in proc.stdout + proc.stderr
 
 
-def test_probe_edit_reruns_probes_not_training(tiny_run, tmp_path):
+def jobs_after_edit(workdir, tmp_path, section, key, value) -> dict:
+    """{rule: count} that `snakemake -n` plans after setting config[section][key] = value."""
     cfg = yaml.safe_load(yaml.safe_dump(TINY))
-    cfg["probes"]["sparsity_threshold"] = 0.9
-    wd = tiny_run
+    cfg[section][key] = value
     edited = tmp_path / "config.yaml"
     edited.write_text(yaml.safe_dump(cfg))
     proc = subprocess.run([SNAKEMAKE, "-s", str(REPO / "Snakefile"), "--configfile", str(edited), "-n", "--cores", "1"],
-                          cwd=wd, capture_output=True, text=True, check=True)
-    counts = job_counts(proc.stdout)
-    assert counts == {"probes": len(CONCEPTS), "summarize": 1, "score": N_SCORE, "trak_report": 1, "all": 1}, \
-        proc.stdout[-3000:]
+                          cwd=workdir, capture_output=True, text=True, check=True)
+    return job_counts(proc.stdout)
 
 
-def test_training_edit_reruns_training_and_downstream_not_data(tiny_run, tmp_path):
-    cfg = yaml.safe_load(yaml.safe_dump(TINY))
-    cfg["train"]["epochs"] = 3
-    edited = tmp_path / "config.yaml"
-    edited.write_text(yaml.safe_dump(cfg))
-    proc = subprocess.run([SNAKEMAKE, "-s", str(REPO / "Snakefile"), "--configfile", str(edited), "-n", "--cores", "1"],
-                          cwd=tiny_run, capture_output=True, text=True, check=True)
-    n = len(MEMBERS)
-    assert job_counts(proc.stdout) == {"train": n, "activations": n * len(CONCEPTS), "probes": len(CONCEPTS),
-                                       "summarize": 1, "featurize": n * N_CKPT * N_SHARDS,
-                                       "gather_features": n * N_CKPT, "score": N_SCORE, "trak_report": 1,
-                                       "all": 1}, proc.stdout[-3000:]
+N = len(MEMBERS)
+EDITS = {
+    "probe edit: probes and what uses them, not training": (
+        ("probes", "sparsity_threshold", 0.9),
+        {"probes": len(CONCEPTS), "summarize": 1, "score": N_SCORE, "trak_report": 1, "all": 1}),
+    "training edit: training and downstream, not data": (
+        ("train", "epochs", 3),
+        {"train": N, "activations": N * len(CONCEPTS), "probes": len(CONCEPTS), "summarize": 1,
+         "featurize": N * N_CKPT * N_SHARDS, "gather_features": N * N_CKPT, "score": N_SCORE, "trak_report": 1,
+         "all": 1}),
+    "TRAK target edit: scoring only": (("trak", "max_targets", 5), {"score": N_SCORE, "trak_report": 1, "all": 1}),
+    "thread count: nothing": (("threads", "probes", 2), {}),
+}
 
 
-def test_trak_edit_reruns_scoring_only(tiny_run, tmp_path):
-    cfg = yaml.safe_load(yaml.safe_dump(TINY))
-    cfg["trak"]["max_targets"] = 5
-    edited = tmp_path / "config.yaml"
-    edited.write_text(yaml.safe_dump(cfg))
-    proc = subprocess.run([SNAKEMAKE, "-s", str(REPO / "Snakefile"), "--configfile", str(edited), "-n", "--cores", "1"],
-                          cwd=tiny_run, capture_output=True, text=True, check=True)
-    assert job_counts(proc.stdout) == {"score": N_SCORE, "trak_report": 1, "all": 1}, proc.stdout[-3000:]
+@pytest.mark.parametrize("name", list(EDITS))
+def test_config_edit_reruns_exactly_the_affected_jobs(tiny_run, tmp_path, name):
+    edit, expected = EDITS[name]
+    assert jobs_after_edit(tiny_run, tmp_path, *edit) == expected
 
 
 @pytest.mark.parametrize("edit, message", [
