@@ -100,7 +100,8 @@ def test_trak_scores_for_every_concept_and_layer(tiny_run):
                 scores = f["per_target"][()]
                 assert scores.shape[1] == n_train and 1 <= scores.shape[0] <= TINY["trak"]["max_targets"]
                 assert np.isfinite(scores).all() and np.abs(scores).max() > 0
-                np.testing.assert_allclose(f["concept_score"][()], scores.mean(0), rtol=1e-5)
+                np.testing.assert_allclose(f["concept_score"][()], scores.mean(0), rtol=1e-4,
+                                           atol=1e-6 * np.abs(scores).max())
             e = yaml.safe_load((trak / "scores" / c / f"{layer}.json").read_text())
             assert e["k"] == round(TINY["trak"]["top_fraction"] * n_train) and e["enrichment"] >= 0
         assert (trak / f"top_bottom_{c}.png").stat().st_size > 5000
