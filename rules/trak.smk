@@ -89,5 +89,6 @@ rule trak_report:
     conda:
         "../envs/sklearn.yaml"
     shell:
-        "python -m workflow trak-report --params {params.cfg:q} --input {input.summary:q} {input.data:q} "
+        "python -m workflow trak-report --params {params.cfg:q} "
+        "--input {input.summary:q} {input.data:q} {input.scores:q} {input.enrichment:q} "
         "--output {output.table:q} {output.text:q} {output.grids:q} 2> {log:q} | tee -a {log:q}"

@@ -4,7 +4,6 @@ A width-16 ResNet-18 trained briefly on 2,000 images must classify the shapes fa
 chance, and both concepts must be linearly decodable well above chance at some layer,
 but not from the pooled input (the per-channel mean colour).
 """
-import numpy as np
 import pytest
 
 from workflow import activations, data, probes, train

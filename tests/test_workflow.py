@@ -1,7 +1,6 @@
 """End-to-end: the whole DAG on the tiny config, reruns, bad configs, and a SIGKILL mid-training."""
 import os
 import re
-import shutil
 import signal
 import subprocess
 import time
@@ -12,7 +11,7 @@ import numpy as np
 import pytest
 import yaml
 
-from conftest import REPO, SNAKEMAKE, run_snakemake
+from conftest import REPO, run_snakemake, snakemake_cmd
 
 pytestmark = pytest.mark.e2e
 TINY = yaml.safe_load((REPO / "tests" / "configs" / "tiny.yaml").read_text())
@@ -123,9 +122,7 @@ def jobs_after_edit(workdir, tmp_path, section, key, value) -> dict:
     cfg[section][key] = value
     edited = tmp_path / "config.yaml"
     edited.write_text(yaml.safe_dump(cfg))
-    proc = subprocess.run([SNAKEMAKE, "-s", str(REPO / "Snakefile"), "--configfile", str(edited), "-n", "--cores", "1"],
-                          cwd=workdir, capture_output=True, text=True, check=True)
-    return job_counts(proc.stdout)
+    return job_counts(run_snakemake(workdir, "-n", "--cores", "1", configfile=edited).stdout)
 
 
 N = len(MEMBERS)
@@ -168,9 +165,7 @@ def test_bad_config_fails_before_any_job(tmp_path, edit, message):
 
 def test_sigkill_mid_training_then_rerun_matches_uninterrupted(tiny_run, tmp_path):
     write_config(tmp_path, TINY)
-    cmd = [SNAKEMAKE, "-s", str(REPO / "Snakefile"), "--profile", str(REPO / "profiles" / "default"),
-           "--configfile", str(tmp_path / "config.yaml"), "--cores", "1"]
-    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    proc = subprocess.Popen(snakemake_cmd(tmp_path, "--cores", "1"), cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
     models = tmp_path / "results" / "tiny" / "base" / "models"
     logs = tmp_path / "logs" / "tiny" / "base" / "train"

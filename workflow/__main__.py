@@ -22,8 +22,8 @@ def _zip(keys, paths):
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m workflow")
-    p.add_argument("stage", choices=["base", "probe-set", "train", "activations", "probes", "summary", "featurize", "gather", "score",
-                                      "trak-report"])
+    p.add_argument("stage", choices=["base", "probe-set", "train", "activations", "probes", "summary",
+                                      "featurize", "gather", "score", "trak-report"])
     p.add_argument("--params", required=True, help="config slice as JSON")
     p.add_argument("--input", nargs="*", default=[])
     p.add_argument("--output", nargs="*", default=[])
@@ -75,10 +75,9 @@ def main(argv=None) -> int:
     elif a.stage == "trak-report":
         from .trak_report import write
         concepts, layers = cfg["concepts"], cfg["layers"]
-        res = Path(a.output[0]).parent
-        keys = [(c, l) for c in concepts for l in layers]
-        text = write(a.input[0], a.input[1], {k: res / "scores" / k[0] / f"{k[1]}.h5" for k in keys},
-                     {k: res / "scores" / k[0] / f"{k[1]}.json" for k in keys}, a.output[0],
+        keys = [(c, l) for c in concepts for l in layers]  # expand() order: concept-major
+        scores, enrichment = a.input[2:2 + len(keys)], a.input[2 + len(keys):]
+        text = write(a.input[0], a.input[1], _zip(keys, scores), _zip(keys, enrichment), a.output[0],
                      _zip(concepts, a.output[2:]))
         Path(a.output[1]).write_text(text + "\n")
         print(text)

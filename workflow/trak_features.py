@@ -8,7 +8,6 @@ X (X^T X + lambda I)^-1, the train-side factor of the TRAK score.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 
 import numpy as np
@@ -149,7 +148,3 @@ def gather(shard_paths, out_path, cfg: dict) -> None:
 def load_meta(path) -> dict:
     with h5io.read(path) as f:
         return {k: _py(f.attrs[k]) for k in f.attrs if k not in ("config", "versions")}
-
-
-def describe(meta: dict) -> str:
-    return json.dumps({k: meta[k] for k in ("projector", "device_type", "proj_seed", "proj_dim") if k in meta})

@@ -60,10 +60,18 @@ def target_gradients(model, f, images, proj, model_id: int, batch_size: int):
 
 def combine(parts) -> np.ndarray:
     """TRAK's ensemble rule over models m: parts = [(x_xtx_inv_m [n,k], target_grads_m [T,k],
-    out_to_loss_m [n]), ...] -> scores [T, n] = (mean_m X_m(X_m^T X_m)^-1 g_m) * mean_m out_to_loss_m."""
-    acc = sum(np.asarray(x, np.float64) @ np.asarray(g, np.float64).T for x, g, _ in parts) / len(parts)
-    otl = sum(np.asarray(o, np.float64) for _, _, o in parts) / len(parts)
-    return (acc * otl[:, None]).T
+    out_to_loss_m [n]), ...] -> scores [T, n] = (mean_m X_m(X_m^T X_m)^-1 g_m) * mean_m out_to_loss_m.
+
+    ``parts`` may be a generator: one model's features are held in memory at a time.
+    """
+    acc = otl = None
+    n = 0
+    for x, g, o in parts:
+        kernel = np.asarray(x, np.float64) @ np.asarray(g, np.float64).T
+        acc = kernel if acc is None else acc + kernel
+        otl = np.asarray(o, np.float64) if otl is None else otl + o
+        n += 1
+    return ((acc / n) * (otl / n)[:, None]).T
 
 
 def enrichment(scores: np.ndarray, truth: np.ndarray, fraction: float, seed: int) -> dict:
@@ -88,21 +96,22 @@ def score(concept: str, layer: str, probe_set_path, probes_path, models: dict, f
     tidx, timages = target_images(probe_set_path, tcfg["max_targets"], cfg["seed"], concept)
     if len(tidx) == 0:
         raise ValueError(f"{probe_set_path}: concept {concept!r} has no held-out positives to use as TRAK targets")
-    parts = []
-    for (member, ckpt) in tqdm(sorted(models), desc=f"score {concept}/{layer}"):
-        model, proj, attrs = setup(models[(member, ckpt)], ckpt, member, tcfg)
-        meta = load_meta(features[(member, ckpt)])
-        for key in ("projector", "device_type", "proj_seed", "proj_dim", "model_hash", "model_id", "grad_dim"):
-            if meta[key] != attrs[key]:
-                raise ValueError(f"{features[(member, ckpt)]}: features were made with {key}={meta[key]!r} but "
-                                 f"scoring would use {attrs[key]!r}; rerun featurize with the same trak settings")
-        probe = probes.load_probe(probes_path, member, layer)
-        g = probe_gradients(model, probe, layer, timages, proj, attrs["model_id"], tcfg["batch_size"])
-        with h5io.read(features[(member, ckpt)]) as f:
-            x_inv, otl = f["x_xtx_inv"][()].astype(np.float64), f["out_to_loss"][()].astype(np.float64)
-        parts.append((x_inv, g, otl))
+
+    def parts():
+        for (member, ckpt) in tqdm(sorted(models), desc=f"score {concept}/{layer}"):
+            model, proj, attrs = setup(models[(member, ckpt)], ckpt, member, tcfg)
+            meta = load_meta(features[(member, ckpt)])
+            for key, value in attrs.items():  # same projector, device, seed, model, checkpoint
+                if meta[key] != value:
+                    raise ValueError(f"{features[(member, ckpt)]}: features were made with {key}={meta[key]!r} but "
+                                     f"scoring would use {value!r}; rerun featurize with the same trak settings")
+            probe = probes.load_probe(probes_path, member, layer)
+            g = probe_gradients(model, probe, layer, timages, proj, attrs["model_id"], tcfg["batch_size"])
+            with h5io.read(features[(member, ckpt)]) as f:
+                yield f["x_xtx_inv"][()], g, f["out_to_loss"][()]
+
     n = len(models)
-    per_target = combine(parts).astype(np.float32)   # [targets, n_train]
+    per_target = combine(parts()).astype(np.float32)   # [targets, n_train]
     concept_score = per_target.mean(0)
     result = {"concept": concept, "layer": layer, "n_targets": int(len(tidx)), "n_models": n}
     with h5io.read(probe_set_path) as f:
