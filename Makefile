@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test clean
+.PHONY: venv demo test test-deps clean
 
 venv: $(STAMP)
 
@@ -16,11 +16,17 @@ $(STAMP): requirements.txt requirements-dev.txt
 
 demo: venv
 	$(BIN)/snakemake --cores all
-	@cat results/demo/base/summary.txt results/demo/base/trak/enrichment.txt
-	@echo "summary: results/demo/base/summary.{txt,json,png}; attribution: results/demo/base/trak/"
+	@cat results/demo/base/summary.txt results/demo/base/trak/enrichment.txt results/demo/compare/verdicts.txt
+	@echo "report: $(CURDIR)/results/demo/report/index.html"
 
-test: venv
+test: venv test-deps
 	$(BIN)/python -m pytest -q tests
+
+# Debian's Chromium for the report test (Playwright drives it; no browser download).
+# Installed only when running as root; otherwise that test is skipped and says how to enable it.
+test-deps:
+	@if [ "$$(id -u)" = 0 ] && ! command -v chromium >/dev/null; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; fi
 
 clean:
 	rm -rf results logs .snakemake

@@ -1,6 +1,8 @@
 # concept-attribution: which training images taught a network a concept at a layer?
 # Stages (../shared/SPEC.md): data -> train -> activations -> probes -> summary
-#                             -> TRAK featurize (sharded) -> gather -> score -> trak_report.
+#                             -> TRAK featurize (sharded) -> gather -> score -> trak_report
+#                             -> ablate -> train/activations/probes again per condition
+#                             -> compare -> report_html.
 import sys
 
 sys.path.insert(0, workflow.basedir)
@@ -26,6 +28,8 @@ include: "rules/activations.smk"
 include: "rules/probes.smk"
 include: "rules/summary.smk"
 include: "rules/trak.smk"
+include: "rules/ablate.smk"
+include: "rules/report.smk"
 
 
 localrules:
@@ -37,4 +41,6 @@ rule all:
     default_target: True
     input:
         rules.summary.input,
-        expand(f"{RESULTS}/base/trak/enrichment.json"),
+        f"{RESULTS}/base/trak/enrichment.json",
+        f"{RESULTS}/compare/verdicts.txt",
+        f"{RESULTS}/report/index.html",

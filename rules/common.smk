@@ -2,8 +2,10 @@
 # the affected jobs) and the command that runs a stage of the workflow package.
 import json
 import os
+import re
 
 from snakemake.settings.types import DeploymentMethod
+from workflow.ablation import conditions as ablation_conditions
 from workflow.config import dataset_slice
 from workflow.provenance import code_digest
 
@@ -11,7 +13,8 @@ RESULTS = f"results/{config['experiment']}"
 LOGS = f"logs/{config['experiment']}"
 CONCEPTS = [c["name"] for c in config["concepts"]]
 MEMBERS = list(range(config["ensemble"]["size"]))
-CONDITIONS = ["base"]
+ABLATIONS = ablation_conditions(config)  # condition name -> {kind, concept, layer}
+CONDITIONS = ["base", *ABLATIONS]
 
 TRAK_CKPTS = config["trak"]["checkpoints"]
 SHARDS = list(range(config["trak"]["shards"]))
@@ -23,7 +26,7 @@ wildcard_constraints:
     layer="|".join(LAYERS),
     concept="|".join(CONCEPTS),
     member=r"\d+",
-    condition="|".join(CONDITIONS),
+    condition="|".join(map(re.escape, CONDITIONS)),
 
 # Jobs run `python -m workflow <stage>`: make the package importable and, unless
 # --use-conda supplies each rule's own python, put this interpreter first on PATH.
@@ -67,3 +70,15 @@ def trak_params(*keys):
 
 FEATURIZE_KEYS = ("proj_dim", "proj_seed", "projector", "device", "shards", "precision", "checkpoints",
                   "batch_size")
+
+
+def ablation_params(condition):
+    """Only what decides this condition's removed set: a fraction edit reruns top-k and
+    random sets, not the oracle."""
+    spec, a = ABLATIONS[condition], config["ablation"]
+    size = {"fraction": a["fraction"], "top_k": a["top_k"]}
+    if spec["kind"] == "top":
+        return {"spec": spec, **size, "layers": LAYERS if spec["layer"] == "location" else [spec["layer"]]}
+    if spec["kind"] == "random":
+        return {"spec": spec, **size, "seed": config["seed"]}
+    return {"spec": spec}

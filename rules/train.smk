@@ -1,9 +1,15 @@
-# Stage 2: one job per ensemble member (and, later, per training condition).
+# Stages 2 and 8: one job per (condition, member). "base" trains on the whole train split;
+# every ablated condition on its kept indices, with the same recipe and the same seeds.
+
+
+def train_inputs(w):
+    data = [f"{RESULTS}/data/base.h5"]
+    return data if w.condition == "base" else data + [f"{RESULTS}/ablation/{w.condition}.h5"]
 
 
 rule train:
     input:
-        f"{RESULTS}/data/base.h5",
+        train_inputs,
     output:
         f"{RESULTS}/{{condition}}/models/m{{member}}.h5",
     params:

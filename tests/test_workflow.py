@@ -20,6 +20,8 @@ MEMBERS = range(TINY["ensemble"]["size"])
 LAYERS = TINY["layers"]
 N_CKPT, N_SHARDS = len(TINY["trak"]["checkpoints"]), TINY["trak"]["shards"]
 N_SCORE = len(CONCEPTS) * len(LAYERS)
+CONDITIONS = ["top-hilo", "random", "oracle-hilo"]  # tiny.yaml ablates hilo only
+N_COND = 1 + len(CONDITIONS)
 
 
 def write_config(workdir, cfg):
@@ -126,16 +128,40 @@ def jobs_after_edit(workdir, tmp_path, section, key, value) -> dict:
 
 
 N = len(MEMBERS)
+C = len(CONCEPTS)
+REPORT = {"compare": 1, "report_html": 1, "all": 1}
+
+
+def retrain(n_conditions):
+    """Jobs that redo n ablated conditions from their training on."""
+    return {"train": N * n_conditions, "activations": N * C * n_conditions, "probes": C * n_conditions,
+            "summarize": n_conditions}
+
+
+def plus(*dicts):
+    out = {}
+    for d in dicts:
+        for k, v in d.items():
+            out[k] = out.get(k, 0) + v
+    return out
+
+
+TRAK = {"featurize": N * N_CKPT * N_SHARDS, "gather_features": N * N_CKPT, "score": N_SCORE, "trak_report": 1}
 EDITS = {
-    "probe edit: probes and what uses them, not training": (
+    # probes move the location, so the top-k set is rebuilt and its condition retrained
+    "probe edit: probes everywhere, the top-k condition, not other training": (
         ("probes", "sparsity_threshold", 0.9),
-        {"probes": len(CONCEPTS), "summarize": 1, "score": N_SCORE, "trak_report": 1, "all": 1}),
-    "training edit: training and downstream, not data": (
+        plus({"probes": C * N_COND, "summarize": N_COND, "score": N_SCORE, "trak_report": 1, "ablate": 1},
+             retrain(1), {"probes": -C, "summarize": -1}, REPORT)),
+    "training edit: every condition and TRAK, not data or the random/oracle sets": (
         ("train", "epochs", 3),
-        {"train": N, "activations": N * len(CONCEPTS), "probes": len(CONCEPTS), "summarize": 1,
-         "featurize": N * N_CKPT * N_SHARDS, "gather_features": N * N_CKPT, "score": N_SCORE, "trak_report": 1,
-         "all": 1}),
-    "TRAK target edit: scoring only": (("trak", "max_targets", 5), {"score": N_SCORE, "trak_report": 1, "all": 1}),
+        plus(retrain(N_COND), TRAK, {"ablate": 1}, REPORT)),
+    "TRAK target edit: scoring and the top-k condition": (
+        ("trak", "max_targets", 5),
+        plus({"score": N_SCORE, "trak_report": 1, "ablate": 1}, retrain(1), REPORT)),
+    "ablation size: the top-k and random conditions, not the oracle": (
+        ("ablation", "fraction", 0.1), plus({"ablate": 2}, retrain(2), REPORT)),
+    "bootstrap edit: compare and report only": (("compare", "n_boot", 300), REPORT),
     "thread count: nothing": (("threads", "probes", 2), {}),
 }
 
@@ -163,9 +189,12 @@ def test_bad_config_fails_before_any_job(tmp_path, edit, message):
     assert "Select jobs" not in out and not (tmp_path / "results").exists()
 
 
+BASE_TARGETS = ["results/tiny/base/summary.txt", "results/tiny/base/trak/enrichment.json"]
+
+
 def test_sigkill_mid_training_then_rerun_matches_uninterrupted(tiny_run, tmp_path):
     write_config(tmp_path, TINY)
-    proc = subprocess.Popen(snakemake_cmd(tmp_path, "--cores", "1"), cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    proc = subprocess.Popen(snakemake_cmd(tmp_path, "--cores", "1", *BASE_TARGETS), cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
     models = tmp_path / "results" / "tiny" / "base" / "models"
     logs = tmp_path / "logs" / "tiny" / "base" / "train"
@@ -190,7 +219,7 @@ def test_sigkill_mid_training_then_rerun_matches_uninterrupted(tiny_run, tmp_pat
     # what a researcher does after a crash: release the stale lock, run again
     # (rerun-incomplete comes from profiles/default)
     run_snakemake(tmp_path, "--unlock", "--cores", "1")
-    run_snakemake(tmp_path, "--cores", "1")
+    run_snakemake(tmp_path, "--cores", "2", *BASE_TARGETS)
     for m, mtime in finished.items():  # finished jobs kept, not redone
         assert (models / f"m{m}.h5").stat().st_mtime_ns == mtime
     assert (models / f"m{killed_member}.h5").exists()
@@ -198,3 +227,75 @@ def test_sigkill_mid_training_then_rerun_matches_uninterrupted(tiny_run, tmp_pat
     assert a.keys() == b.keys()
     for k in a:
         assert np.array_equal(a[k], b[k]), k
+
+
+def test_ablated_conditions_are_retrained_with_the_base_seeds(tiny_run):
+    res = tiny_run / "results" / "tiny"
+    n_train = TINY["dataset"]["synthetic"]["n_train"]
+    k = round(TINY["ablation"]["fraction"] * n_train)
+    sets = {}
+    for cond in CONDITIONS:
+        with h5py.File(res / "ablation" / f"{cond}.h5") as f:
+            sets[cond] = f["removed"][()]
+            assert len(f["keep"]) + len(f["removed"]) == n_train and f.attrs["reason"]
+        for m in MEMBERS:
+            with h5py.File(res / cond / "models" / f"m{m}.h5") as f, \
+                    h5py.File(res / "base" / "models" / f"m{m}.h5") as b:
+                assert f.attrs["n_train"] == n_train - len(sets[cond])
+                assert f.attrs["seed"] == b.attrs["seed"]  # same recipe, same seed as the base member
+    assert len(sets["top-hilo"]) == len(sets["random"]) == k
+    with h5py.File(res / "data" / "probe_hilo.h5") as f:
+        assert np.array_equal(sets["oracle-hilo"], np.flatnonzero(f["train_concept_mask"][()]))
+    verdicts = (res / "compare" / "verdicts.txt").read_text()
+    for cond in CONDITIONS:
+        assert f"{cond}:" in verdicts
+    assert verdicts.count("location ") == len(CONDITIONS) * len(CONCEPTS)
+
+
+REPORT_SECTIONS = ["verdicts", "training", "accuracy", "sparsity", "scores", "enrichment", "images", "config"]
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+def open_in_chromium(index: Path, screenshot: Path) -> dict:
+    """Load the page in headless Chromium: section ids, image count, broken images."""
+    import shutil
+
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("needs Chromium: `apt-get install chromium` (make test installs it when run as root)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_FLAGS)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page.goto(index.as_uri(), wait_until="load")
+            out = page.evaluate("""() => ({
+                sections: Array.from(document.querySelectorAll('section')).map(s => s.id),
+                images: document.images.length,
+                broken: Array.from(document.images).filter(i => !i.complete || i.naturalWidth === 0)
+                             .map(i => i.getAttribute('src')),
+                text: document.body.innerText})""")
+            page.screenshot(path=str(screenshot), full_page=True)
+        finally:
+            browser.close()
+    return out
+
+
+def test_report_has_every_section_and_no_broken_image_in_chromium(tiny_run, tmp_path):
+    import shutil
+
+    report = tiny_run / "results" / "tiny" / "report"
+    page = open_in_chromium(report / "index.html", tmp_path / "report.png")
+    assert page["sections"] == REPORT_SECTIONS
+    assert page["images"] == 4 + len(CONCEPTS) and page["broken"] == []
+    for cond in CONDITIONS:
+        assert cond in page["text"]
+    assert "location" in page["text"] and "planted_fraction" in page["text"]  # verdicts and the config
+    assert (tmp_path / "report.png").stat().st_size > 10000
+    # the check has teeth: a missing figure is reported as broken
+    copy = tmp_path / "copy"
+    shutil.copytree(report, copy)
+    (copy / "scores.png").unlink()
+    assert open_in_chromium(copy / "index.html", tmp_path / "broken.png")["broken"] == ["scores.png"]

@@ -23,7 +23,7 @@ def _zip(keys, paths):
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m workflow")
     p.add_argument("stage", choices=["base", "probe-set", "train", "activations", "probes", "summary",
-                                      "featurize", "gather", "score", "trak-report"])
+                                      "featurize", "gather", "score", "trak-report", "ablate", "compare", "report"])
     p.add_argument("--params", required=True, help="config slice as JSON")
     p.add_argument("--input", nargs="*", default=[])
     p.add_argument("--output", nargs="*", default=[])
@@ -33,6 +33,8 @@ def main(argv=None) -> int:
     p.add_argument("--checkpoint")
     p.add_argument("--shard", type=int)
     p.add_argument("--layer")
+    p.add_argument("--condition")
+    p.add_argument("--files", help="named inputs and outputs as JSON {input: {...}, output: {...}}")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -47,7 +49,11 @@ def main(argv=None) -> int:
         build_probe_set({k: v for k, v in cfg.items() if k != "concepts"}, concept, a.input[0], a.output[0])
     elif a.stage == "train":
         from .train import train_member
-        train_member(a.input[0], a.output[0], a.member, cfg, threads=a.threads)
+        keep = None
+        if len(a.input) > 1:  # an ablated condition: train on the kept indices only
+            from .ablation import load
+            keep = load(a.input[1])["keep"]
+        train_member(a.input[0], a.output[0], a.member, cfg, train_indices=keep, threads=a.threads)
     elif a.stage == "activations":
         from .activations import extract
         extract(a.input[0], a.input[1], a.output[0], cfg, threads=a.threads)
@@ -81,6 +87,19 @@ def main(argv=None) -> int:
                      _zip(concepts, a.output[2:]))
         Path(a.output[1]).write_text(text + "\n")
         print(text)
+    elif a.stage == "ablate":
+        from .ablation import make
+        kind = cfg["spec"]["kind"]
+        kw = ({"probes_path": a.input[1], "score_paths": a.input[2:]} if kind == "top"
+              else {"probe_set_path": a.input[1]} if kind == "oracle" else {})
+        make(a.condition, cfg, a.input[0], a.output[0], **kw)
+    elif a.stage == "compare":
+        from .compare import run
+        print(run(a.input, a.output, cfg))
+    elif a.stage == "report":
+        from .report import build
+        files = json.loads(a.files)
+        print(f"report: {build(files['input'], files['output'], cfg)}")
     logging.getLogger("workflow").info("%s done in %.1fs", a.stage, time.time() - t0)
     return 0
 

@@ -15,11 +15,14 @@ def _write_state(group, state: dict):
         group.create_dataset(k, data=v.detach().cpu().numpy())
 
 
-def save(path, model, intermediate: dict, metrics: dict, config: dict):
-    """Write the final weights, intermediate ``{epoch: state_dict}`` and metrics atomically."""
+def save(path, model, intermediate: dict, metrics: dict, config: dict, arrays=None):
+    """Write the final weights, intermediate ``{epoch: state_dict}``, metrics (attributes)
+    and per-example ``arrays`` (datasets under /metrics, e.g. test_correct) atomically."""
     with h5io.atomic_h5(path, config, arch=json.dumps(model.arch), metrics=json.dumps(metrics)) as f:
         for k, v in metrics.items():
             f.attrs[k] = v
+        for k, v in (arrays or {}).items():
+            f.create_dataset(f"metrics/{k}", data=v)
         _write_state(f.create_group("final"), model.state_dict())
         for epoch, state in sorted(intermediate.items()):
             _write_state(f.create_group(f"epoch_{epoch:04d}"), state)

@@ -54,6 +54,7 @@ def check(config: dict, schema_path) -> None:
         if d["name"] == "imagefolder" and not os.path.isdir(os.path.join(root, "train")):
             raise ConfigError(f"config error: dataset.root: no train/ folder in {root}")
     check_trak(config)
+    check_ablation(config)
     names = [c["name"] for c in config["concepts"]]
     if len(set(names)) != len(names):
         raise ConfigError(f"config error: concepts: duplicate concept names in {names}")
@@ -82,6 +83,17 @@ def check_trak(config: dict) -> None:
                                   f"(train.checkpoint_every={every}, train.epochs={epochs})")
     if t.get("precision") == "float16" and t.get("device") != "cuda":
         raise ConfigError("config error: trak.precision: float16 needs trak.device cuda")
+
+
+def check_ablation(config: dict) -> None:
+    a, layers = config.get("ablation", {}), config.get("layers", [])
+    for layer in a.get("layers", []):
+        if layer != "location" and layers and layer not in layers:
+            raise ConfigError(f"config error: ablation.layers: {layer} is not in layers {layers}")
+    names = [c["name"] for c in config["concepts"]]
+    for name in a.get("concepts") or []:
+        if name not in names:
+            raise ConfigError(f"config error: ablation.concepts: unknown concept {name!r} (have {names})")
 
 
 def dataset_slice(config: dict) -> dict:

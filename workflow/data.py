@@ -3,7 +3,8 @@
 base.h5:   /train/{images,labels[,planted]}  /test/{images,labels[,planted]}
            attrs: class_names, num_classes, image_size, pixel_mean, pixel_std
 probe_<concept>.h5: /images /labels (1 = concept present) /heldout (bool)
-           /train_concept_mask (ground truth per train image, when known)
+           /train_concept_mask, /test_concept_mask (ground truth per base train/test
+           image, when known)
 """
 from __future__ import annotations
 
@@ -96,18 +97,20 @@ def build_probe_set(cfg: dict, concept: dict, base_path, out_path) -> None:
         class_names = json.loads(f.attrs["class_names"])
         train_labels = f["train/labels"][()]
         train_planted = f["train/planted"][()] if "planted" in f["train"] else None
-    kind, truth = concept["kind"], None
+        test_labels = f["test/labels"][()]
+        test_planted = f["test/planted"][()] if "planted" in f["test"] else None
+    kind, truth, test_truth = concept["kind"], None, None
     if kind == "planted":
         if d["name"] != "synthetic":
             raise ValueError(f"concepts.{concept['name']}: kind 'planted' needs dataset.name synthetic")
         lab01 = (np.arange(n) % 2 == 0).astype(np.int64)
         rng.shuffle(lab01)
         images, _, _ = synthetic.generate(n, seed, f"probe/{concept['name']}", 0.0, d["image_size"],
-                                          planted=lab01.astype(bool))
-        truth = train_planted
+                                          planted=lab01.astype(bool), same_band_negatives=True)
+        truth, test_truth = train_planted, test_planted
     elif kind == "classes":
         ids = resolve_classes(concept["classes"], class_names)
-        truth = np.isin(train_labels, ids)
+        truth, test_truth = np.isin(train_labels, ids), np.isin(test_labels, ids)
         if d["name"] == "synthetic":
             others = [c for c in range(len(class_names)) if c not in ids]
             lab01 = (np.arange(n) % 2 == 0).astype(np.int64)
@@ -139,5 +142,7 @@ def build_probe_set(cfg: dict, concept: dict, base_path, out_path) -> None:
         f.create_dataset("heldout", data=heldout)
         if truth is not None:
             f.create_dataset("train_concept_mask", data=np.asarray(truth, bool))
+        if test_truth is not None:
+            f.create_dataset("test_concept_mask", data=np.asarray(test_truth, bool))
     log.info("probe set %s: %d images (%d positive), %d held out", concept["name"], len(lab01),
              int(lab01.sum()), int(heldout.sum()))

@@ -30,13 +30,15 @@ def augment(x: torch.Tensor, gen: torch.Generator, shift: int, flip: bool) -> to
 
 
 @torch.no_grad()
-def accuracy(model, images, labels, device, batch_size=512) -> float:
+def predictions(model, images, device, batch_size=512) -> np.ndarray:
     model.eval()
-    correct = 0
-    for s in range(0, len(labels), batch_size):
-        x = to_input(images[s:s + batch_size]).to(device)
-        correct += (model(x).argmax(1).cpu() == torch.as_tensor(labels[s:s + batch_size])).sum().item()
-    return correct / max(len(labels), 1)
+    out = [model(to_input(images[s:s + batch_size]).to(device)).argmax(1).cpu().numpy()
+           for s in range(0, len(images), batch_size)]
+    return np.concatenate(out) if out else np.zeros(0, np.int64)
+
+
+def accuracy(model, images, labels, device, batch_size=512) -> float:
+    return float((predictions(model, images, device, batch_size) == labels).mean()) if len(labels) else 0.0
 
 
 def make_model(info: dict, model_cfg: dict):
@@ -90,9 +92,10 @@ def train_member(data_path, out_path, member: int, cfg: dict, train_indices=None
         log.info("member %d epoch %d/%d loss %.4f (%.1fs)", member, epoch, epochs, total / n, time.time() - t0)
         if every and epoch % every == 0 and epoch != epochs:
             saved[epoch] = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    test_correct = predictions(model, x_test, device) == y_test
     metrics = {"train_acc": accuracy(model, x_train, y_train, device),
-               "test_acc": accuracy(model, x_test, y_test, device),
+               "test_acc": float(test_correct.mean()) if len(y_test) else 0.0,
                "final_loss": total / n, "n_train": int(len(y_train)), "seed": int(seed)}
     log.info("member %d: train acc %.4f, test acc %.4f", member, metrics["train_acc"], metrics["test_acc"])
-    checkpoints.save(out_path, model, saved, metrics, cfg)
+    checkpoints.save(out_path, model, saved, metrics, cfg, arrays={"test_correct": test_correct})
     return metrics

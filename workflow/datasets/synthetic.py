@@ -54,33 +54,28 @@ def _shape_mask(cls: int, x: np.ndarray, y: np.ndarray, r: float) -> np.ndarray:
     raise ValueError(f"unknown shape class {cls}")
 
 
-def _grating(rng, xx, yy, band):
+def _grating(rng, xx, yy, band, phi=None):
     f = rng.uniform(*band)
-    phi = rng.uniform(0, np.pi)
+    phi = rng.uniform(0, np.pi) if phi is None else phi
     phase = rng.uniform(0, 2 * np.pi)
     return np.sin(2 * np.pi * f * (xx * np.cos(phi) + yy * np.sin(phi)) + phase)
 
 
-def render(rng: np.random.Generator, label: int, planted: bool, size: int = 32) -> np.ndarray:
-    """One HxWx3 uint8 image of shape ``label``; a high/low boundary background if ``planted``."""
+def render(rng: np.random.Generator, label: int, planted: bool, size: int = 32,
+           same_band: bool = False) -> np.ndarray:
+    """One HxWx3 uint8 image of shape ``label``.
+
+    Clean images: a coloured shape over a background where the high and low gratings
+    are blended everywhere. ``planted``: the shape has the background's colour and is
+    drawn only by texture, one band inside and the other outside, so its outline is a
+    high/low-frequency boundary (the "in-focus object on a blurred background" cue of
+    high-low frequency detectors). ``same_band`` (probe-set negatives of the perceptual
+    concept): the same texture-defined shape, but inside and outside share a band and
+    differ in orientation: a texture boundary that is not a frequency boundary.
+    """
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float64)
     amp = rng.uniform(0.18, 0.28)
-    if planted:
-        hi = _grating(rng, xx, yy, HIGH_BAND)
-        lo = _grating(rng, xx, yy, LOW_BAND)
-        # a line through a point near the centre, random orientation: split 30-70%
-        ang = rng.uniform(0, 2 * np.pi)
-        off = rng.uniform(-0.2, 0.2) * size
-        side = (xx - size / 2) * np.cos(ang) + (yy - size / 2) * np.sin(ang) > off
-        tex = np.where(side, hi, lo)
-    else:
-        # the same two bands, blended everywhere instead of separated by a boundary
-        hi = _grating(rng, xx, yy, HIGH_BAND)
-        lo = _grating(rng, xx, yy, LOW_BAND)
-        tex = (hi + lo) / np.sqrt(2.0)
     bg_color = rng.uniform(0.3, 0.7, size=3)
-    img = bg_color[None, None, :] + amp * tex[:, :, None]
-
     r = rng.uniform(0.22, 0.34) * size
     cx, cy = rng.uniform(r * 0.9, size - r * 0.9, size=2)
     rot = rng.uniform(-0.35, 0.35)
@@ -88,22 +83,41 @@ def render(rng: np.random.Generator, label: int, planted: bool, size: int = 32) 
     xr = dx * np.cos(rot) + dy * np.sin(rot)
     yr = -dx * np.sin(rot) + dy * np.cos(rot)
     mask = _shape_mask(label, xr, yr, r)
-    color = rng.uniform(0.0, 1.0, size=3)
-    if abs(color.mean() - bg_color.mean()) < 0.25:  # keep the shape visible
-        color = np.clip(1.0 - color, 0, 1)
-        if abs(color.mean() - bg_color.mean()) < 0.25:
-            color = np.full(3, 0.0 if bg_color.mean() > 0.5 else 1.0)
-    img = np.where(mask[:, :, None], color[None, None, :], img)
+    if planted or same_band:
+        phi = rng.uniform(0, np.pi)
+        phi2 = phi + np.pi / 2 + rng.uniform(-np.pi / 6, np.pi / 6)
+        if planted:
+            bands = (HIGH_BAND, LOW_BAND) if rng.random() < 0.5 else (LOW_BAND, HIGH_BAND)
+        else:
+            bands = (HIGH_BAND, HIGH_BAND) if rng.random() < 0.5 else (LOW_BAND, LOW_BAND)
+        inside = _grating(rng, xx, yy, bands[0], phi)
+        outside = _grating(rng, xx, yy, bands[1], phi2)
+        tex = np.where(mask, inside, outside)
+        img = bg_color[None, None, :] + 1.4 * amp * tex[:, :, None]
+    else:
+        hi = _grating(rng, xx, yy, HIGH_BAND)
+        lo = _grating(rng, xx, yy, LOW_BAND)
+        tex = (hi + lo) / np.sqrt(2.0)
+        img = bg_color[None, None, :] + amp * tex[:, :, None]
+        color = rng.uniform(0.0, 1.0, size=3)
+        if abs(color.mean() - bg_color.mean()) < 0.25:  # keep the shape visible
+            color = np.clip(1.0 - color, 0, 1)
+            if abs(color.mean() - bg_color.mean()) < 0.25:
+                color = np.full(3, 0.0 if bg_color.mean() > 0.5 else 1.0)
+        img = np.where(mask[:, :, None], color[None, None, :], img)
     img = img + rng.normal(0, 0.03, size=img.shape)
     return (np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8)
 
 
 def generate(n: int, seed: int, stream: str, planted_fraction: float, size: int = 32,
-             labels: np.ndarray | None = None, planted: np.ndarray | None = None):
+             labels: np.ndarray | None = None, planted: np.ndarray | None = None,
+             same_band_negatives: bool = False):
     """``n`` images from the named ``stream`` ("train", "test", "probe/<concept>", ...).
 
     Labels are uniform over the ten classes and the boundary is planted in a
     ``planted_fraction`` of images, independently, unless ``labels``/``planted`` are given.
+    ``same_band_negatives`` renders the unplanted images as texture-defined shapes with
+    no frequency boundary (the perceptual concept's probe-set negatives).
     Returns (images uint8 [n,H,W,3], labels int64 [n], planted bool [n]).
     """
     rng = np.random.default_rng(derive_seed(seed, "synthetic", stream))
@@ -115,5 +129,6 @@ def generate(n: int, seed: int, stream: str, planted_fraction: float, size: int 
     planted = np.asarray(planted, dtype=bool)
     images = np.empty((n, size, size, 3), dtype=np.uint8)
     for i in range(n):
-        images[i] = render(rng, int(labels[i]), bool(planted[i]), size)
+        images[i] = render(rng, int(labels[i]), bool(planted[i]), size,
+                           same_band=same_band_negatives and not planted[i])
     return images, labels, planted

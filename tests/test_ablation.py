@@ -1,0 +1,114 @@
+"""Stage 7: ablated training sets and their controls."""
+import h5py
+import numpy as np
+import pytest
+
+from workflow import ablation
+
+N = 500
+CFG = {"fraction": 0.08, "top_k": None, "seed": 3}
+
+
+def scores(seed=0):
+    return np.random.default_rng(seed).normal(size=N)
+
+
+@pytest.mark.parametrize("kind", ["top", "random"])
+@pytest.mark.parametrize("cfg, k", [(CFG, 40), ({**CFG, "top_k": 17}, 17), ({**CFG, "fraction": 0.5}, 250)])
+def test_sets_have_the_requested_size_and_partition_the_train_set(kind, cfg, k):
+    spec = {"kind": kind, "concept": "c", "layer": "layer2"}
+    removed, _, reason = ablation.build(spec, N, cfg, scores=scores())
+    keep = ablation.complement(N, removed)
+    assert len(removed) == k and len(np.unique(removed)) == k
+    assert len(keep) == N - k
+    assert not np.isin(keep, removed).any()              # no removed index is kept
+    assert np.array_equal(np.sort(np.concatenate([keep, removed])), np.arange(N))
+    assert str(k) in reason
+
+
+def test_top_k_takes_the_highest_scores():
+    s = scores()
+    removed, removed_scores, _ = ablation.build({"kind": "top", "concept": "c", "layer": "layer3"}, N, CFG, scores=s)
+    assert removed_scores.min() >= np.delete(s, removed).max()
+    np.testing.assert_array_equal(removed_scores, s[removed])
+    # ties are broken by the lower index, so the set is a function of the scores alone
+    assert np.array_equal(ablation.top_k(np.zeros(10), 3), [0, 1, 2])
+
+
+def test_random_control_is_reproducible_from_the_seed_and_differs_from_top_k():
+    spec = {"kind": "random", "concept": None, "layer": None}
+    a, _, _ = ablation.build(spec, N, CFG)
+    b, _, _ = ablation.build(spec, N, CFG)
+    c, _, _ = ablation.build(spec, N, {**CFG, "seed": 4})
+    assert np.array_equal(a, b) and not np.array_equal(a, c)
+    top, _, _ = ablation.build({"kind": "top", "concept": "c", "layer": "stem"}, N, CFG, scores=scores())
+    assert len(top) == len(a) and not np.array_equal(top, a)
+    assert len(np.intersect1d(top, a)) < len(a) // 2
+
+
+def test_oracle_removes_exactly_the_ground_truth_images():
+    truth = np.random.default_rng(1).random(N) < 0.2
+    removed, _, reason = ablation.build({"kind": "oracle", "concept": "hilo", "layer": None}, N, CFG, truth=truth)
+    assert np.array_equal(removed, np.flatnonzero(truth))
+    assert "positive control" in reason and str(truth.sum()) in reason
+
+
+@pytest.mark.parametrize("cfg", [{**CFG, "top_k": N}, {**CFG, "fraction": 0.0001}])
+def test_impossible_sizes_are_clear_errors(cfg):
+    with pytest.raises(ValueError, match="ablation.top_k / ablation.fraction"):
+        ablation.size(N, cfg)
+
+
+def test_condition_names_from_config():
+    config = {"concepts": [{"name": "snakes", "kind": "classes"}, {"name": "hilo", "kind": "planted"},
+                           {"name": "fold", "kind": "folders"}],
+              "ablation": {"layers": ["location", "layer3"], "controls": ["random", "oracle"], "concepts": None}}
+    conds = ablation.conditions(config)
+    assert list(conds) == ["top-snakes", "top-snakes-layer3", "top-hilo", "top-hilo-layer3", "top-fold",
+                           "top-fold-layer3", "random", "oracle-snakes", "oracle-hilo"]  # no truth for folders
+    assert conds["top-hilo-layer3"] == {"kind": "top", "concept": "hilo", "layer": "layer3"}
+    config["ablation"].update(controls=[], concepts=["hilo"], layers=["location"])
+    assert list(ablation.conditions(config)) == ["top-hilo"]
+
+
+def _files(tmp_path, truth):
+    base = tmp_path / "base.h5"
+    with h5py.File(base, "w") as f:
+        f["train/labels"] = np.zeros(N, np.int64)
+    probe_set = tmp_path / "probe.h5"
+    with h5py.File(probe_set, "w") as f:
+        f["train_concept_mask"] = truth
+    probes = tmp_path / "probes.h5"  # layer2 is the location: highest mean accuracy
+    with h5py.File(probes, "w") as f:
+        f.attrs["layers"] = ["stem", "layer2"]
+        f.attrs["members"] = [0, 1]
+        f.attrs["config"] = "{}"
+        f["heldout_bal_acc"] = np.array([[0.6, 0.9], [0.7, 0.8]])
+        f["sparsity_k"] = np.array([[3, 4], [3, 5]])
+    paths = []
+    for i, layer in enumerate(["stem", "layer2"]):
+        paths.append(tmp_path / f"{layer}.h5")
+        with h5py.File(paths[-1], "w") as f:
+            f["concept_score"] = scores(i)
+    return base, probe_set, probes, paths
+
+
+def test_make_writes_every_kind_and_top_uses_the_location_layer(tmp_path):
+    truth = np.arange(N) % 7 == 0
+    base, probe_set, probes, score_paths = _files(tmp_path, truth)
+    out = tmp_path / "top.h5"
+    ablation.make("top-c", {"spec": {"kind": "top", "concept": "c", "layer": "location"}, **CFG,
+                            "layers": ["stem", "layer2"]}, base, out, probes_path=probes, score_paths=score_paths)
+    a = ablation.load(out)
+    assert a["layer"] == "layer2" and a["kind"] == "top" and "layer2 (its location" in a["reason"]
+    assert np.array_equal(a["removed"], ablation.top_k(scores(1), 40))
+    with h5py.File(out) as f:
+        assert "removed_scores" in f and "config" in f.attrs and "versions" in f.attrs
+    ablation.make("oracle-c", {"spec": {"kind": "oracle", "concept": "c", "layer": None}}, base,
+                  tmp_path / "oracle.h5", probe_set_path=probe_set)
+    assert np.array_equal(ablation.load(tmp_path / "oracle.h5")["removed"], np.flatnonzero(truth))
+    ablation.make("random", {"spec": {"kind": "random", "concept": None, "layer": None}, **CFG}, base,
+                  tmp_path / "random.h5")
+    r = ablation.load(tmp_path / "random.h5")
+    assert len(r["removed"]) == 40 and len(r["keep"]) == N - 40
+    assert not list(tmp_path.glob(".*tmp*"))

@@ -1,0 +1,210 @@
+"""Stage 9a: compare every retrained condition with the base ensemble (SPEC "compare").
+
+Per concept, layer and condition: the change in probe accuracy, in concept location
+and in probing sparsity, each with a 95% bootstrap interval over ensemble members.
+Members are paired (member i of every condition has the same seed), so one bootstrap
+draw resamples member indices and applies them to both ensembles. A change is called
+when the interval of the difference excludes zero.
+
+Every retrained ensemble's base-task test accuracy is checked first: on the test
+classes it still saw in training, it must be within ``max_test_acc_drop`` of the base
+ensemble's, or its comparison is flagged as meaningless.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from .seeding import rng as seeded_rng
+
+log = logging.getLogger(__name__)
+
+
+def bootstrap(values: np.ndarray, statistic, n_boot: int, confidence: float, rng) -> dict:
+    """Point estimate and percentile interval of ``statistic`` over resampled rows of ``values``.
+
+    ``values`` has one row per ensemble member; ``statistic`` maps an array of rows to a
+    number. The bootstrap of a constant is a point: lo == point == hi.
+    """
+    values = np.asarray(values)
+    m = len(values)
+    draws = np.array([statistic(values[rng.integers(0, m, size=m)]) for _ in range(n_boot)], dtype=float)
+    alpha = (1.0 - confidence) / 2.0
+    point = float(statistic(values))
+    lo, hi = np.quantile(draws, [alpha, 1.0 - alpha])
+    # percentiles can stray from the point by float noise only when every draw is equal
+    return {"point": point, "lo": float(min(lo, point)), "hi": float(max(hi, point))}
+
+
+def excludes_zero(ci: dict) -> bool:
+    return ci["lo"] > 0 or ci["hi"] < 0
+
+
+def location_index(acc: np.ndarray) -> int:
+    """Layer index with the highest ensemble-mean accuracy (acc: members x layers)."""
+    return int(np.argmax(np.asarray(acc).mean(0)))
+
+
+def test_acc(members: list, exclude=None) -> float:
+    """Ensemble-mean base-task test accuracy, leaving out the test images in ``exclude``."""
+    keep = None if exclude is None else ~np.asarray(exclude, bool)
+    return float(np.mean([np.asarray(m["test_correct"], bool)[keep].mean() if keep is not None
+                          else np.asarray(m["test_correct"], bool).mean() for m in members]))
+
+
+def compare_concept(base: dict, cond: dict, layers: list, cfg: dict, rng) -> dict:
+    """Differences for one concept between two summaries (per-member arrays)."""
+    a_b, a_c = np.asarray(base["acc_per_member"]), np.asarray(cond["acc_per_member"])
+    k_b, k_c = np.asarray(base["sparsity_k_per_member"], float), np.asarray(cond["sparsity_k_per_member"], float)
+    if a_b.shape != a_c.shape:
+        raise ValueError(f"base and condition have different members x layers: {a_b.shape} vs {a_c.shape}")
+    n_layers = len(layers)
+    boot = lambda x, f: bootstrap(x, f, cfg["n_boot"], cfg["confidence"], rng)  # noqa: E731
+    acc = np.stack([a_b, a_c], 1)   # members x 2 x layers
+    k = np.stack([k_b, k_c], 1)
+    per_layer = []
+    for j, layer in enumerate(layers):
+        per_layer.append({
+            "layer": layer,
+            "acc_base": boot(a_b[:, j], np.mean), "acc_cond": boot(a_c[:, j], np.mean),
+            "acc_delta": boot(acc[:, :, j], lambda x: x[:, 1].mean() - x[:, 0].mean()),
+            "k_base": boot(k_b[:, j], np.mean), "k_cond": boot(k_c[:, j], np.mean),
+            "k_delta": boot(k[:, :, j], lambda x: x[:, 1].mean() - x[:, 0].mean()),
+        })
+    loc_b, loc_c = location_index(a_b), location_index(a_c)
+    shift = boot(acc, lambda x: location_index(x[:, 1]) - location_index(x[:, 0]))
+    # where each ensemble puts the concept, resample by resample: how stable is the location?
+    draws_b = [location_index(a_b[rng.integers(0, len(a_b), len(a_b))]) for _ in range(cfg["n_boot"])]
+    draws_c = [location_index(a_c[rng.integers(0, len(a_c), len(a_c))]) for _ in range(cfg["n_boot"])]
+    return {
+        "layers": layers,
+        "location_base": layers[loc_b], "location_cond": layers[loc_c],
+        "location_shift": shift,
+        "location_share_base": float(np.mean(np.array(draws_b) == loc_b)),
+        "location_share_cond": float(np.mean(np.array(draws_c) == loc_c)),
+        "per_layer": per_layer,
+        "n_layers": n_layers,
+    }
+
+
+def _fmt(ci: dict, digits: int) -> str:
+    return f"{ci['point']:.{digits}f} [{ci['lo']:.{digits}f},{ci['hi']:.{digits}f}]"
+
+
+def verdict(c: dict, ok: bool, acc_note: str) -> dict:
+    """Plain-words verdict at the base location layer (sparsity, accuracy) and for the location."""
+    j = c["layers"].index(c["location_base"])
+    row = c["per_layer"][j]
+    loc_changed = c["location_base"] != c["location_cond"] and excludes_zero(c["location_shift"])
+    sp_changed = excludes_zero(row["k_delta"])
+    acc_changed = excludes_zero(row["acc_delta"])
+    shift = c["location_shift"]
+    if c["location_base"] == c["location_cond"]:
+        loc = f"location unchanged: {c['location_base']} -> {c['location_cond']}"
+    else:
+        loc = (f"location {'changed' if loc_changed else 'moved, not significantly'}: {c['location_base']} -> "
+               f"{c['location_cond']} (shift {shift['point']:+.0f} [{shift['lo']:+.0f},{shift['hi']:+.0f}] layers)")
+    parts = [
+        loc,
+        f"sparsity {'changed' if sp_changed else 'unchanged'}: {_fmt(row['k_base'], 0)} -> {_fmt(row['k_cond'], 0)}",
+        f"accuracy at {c['location_base']} {'changed' if acc_changed else 'unchanged'}: "
+        f"{_fmt(row['acc_base'], 3)} -> {_fmt(row['acc_cond'], 3)}",
+    ]
+    text = "; ".join(parts)
+    if not ok:
+        text = f"NOT INTERPRETABLE ({acc_note}); " + text
+    return {"location_changed": loc_changed, "sparsity_changed": sp_changed, "accuracy_changed": acc_changed,
+            "any_change": bool(loc_changed or sp_changed or acc_changed), "trained_ok": ok, "text": text}
+
+
+def compare(summaries: dict, model_metrics: dict, ablations: dict, test_masks: dict, cfg: dict) -> dict:
+    """``summaries``: {condition: summary dict}; ``model_metrics``: {condition: [per member
+    {"test_correct": bool per test image, "test_acc"}]}; ``ablations``: {condition: {"kind",
+    "concept", "reason", ...}} for every non-base condition; ``test_masks``: {concept: bool
+    per test image} where the ground truth is known.
+
+    A condition that removed a concept's images may fail on that concept's test images
+    without having failed to learn: its base-task check leaves them out.
+    """
+    rng = seeded_rng(cfg["seed"], "compare")
+    base = summaries["base"]
+    out = {"conditions": {}, "config": cfg,
+           "base_test_acc_per_member": [m["test_acc"] for m in model_metrics["base"]]}
+    for cond, info in ablations.items():
+        exclude = test_masks.get(info.get("concept"))
+        acc_base = test_acc(model_metrics["base"], exclude)
+        acc_cond = test_acc(model_metrics[cond], exclude)
+        ok = acc_cond >= acc_base - cfg["max_test_acc_drop"]
+        note = (f"test acc {acc_cond:.3f} vs base {acc_base:.3f}"
+                + (f" on test images without {info['concept']!r}" if exclude is not None else ""))
+        entry = {"info": info, "test_acc_base": acc_base, "test_acc_cond": acc_cond, "trained_ok": ok,
+                 "test_acc_note": note, "test_acc_per_member": [m["test_acc"] for m in model_metrics[cond]],
+                 "concepts": {}}
+        if not ok:
+            log.warning("%s: retrained ensemble failed to learn the base task (%s)", cond, note)
+        for concept in base:
+            c = compare_concept(base[concept], summaries[cond][concept], base[concept]["layers"], cfg, rng)
+            c["verdict"] = verdict(c, ok, note)
+            entry["concepts"][concept] = c
+        out["conditions"][cond] = entry
+    return out
+
+
+def format_verdicts(result: dict) -> str:
+    lines = []
+    for cond, e in result["conditions"].items():
+        info = e["info"]
+        lines.append(f"{cond}: {info.get('reason', '')} ({e['test_acc_note']}"
+                     f"{'' if e['trained_ok'] else ': FAILED TO LEARN'})")
+        for concept, c in e["concepts"].items():
+            mark = "*" if concept == info.get("concept") else " "
+            lines.append(f" {mark} {concept:<10} {c['verdict']['text']}")
+    lines.append("(* = the concept the condition targets; intervals: 95% bootstrap over ensemble members)")
+    return "\n".join(lines)
+
+
+def write(result: dict, json_path, txt_path) -> str:
+    Path(json_path).parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(json_path).with_name(f".{Path(json_path).name}.tmp")
+    tmp.write_text(json.dumps(result, indent=2))
+    text = format_verdicts(result)
+    Path(txt_path).write_text(text + "\n")
+    tmp.replace(json_path)
+    return text
+
+
+def run(inputs: list, outputs: list, cfg: dict) -> str:
+    """Stage entry point. ``inputs``: one summary.json per condition (``cfg["conditions"]``,
+    base first), one ablation file per non-base condition, the model files
+    (condition-major, ``cfg["members"]`` within), then one probe set per ``cfg["concepts"]``.
+    ``outputs``: compare.json, verdicts.txt."""
+    from . import ablation, h5io
+
+    conds, members = list(cfg["conditions"]), list(cfg["members"])
+    concepts = list(cfg["concepts"])
+    n_c, n_m = len(conds), len(members)
+    if len(inputs) != n_c + (n_c - 1) + n_c * n_m + len(concepts):
+        raise SystemExit(f"compare: expected {n_c} summaries, {n_c - 1} ablation files, {n_c * n_m} models and "
+                         f"{len(concepts)} probe sets, got {len(inputs)} files")
+    summaries = {c: json.loads(Path(p).read_text()) for c, p in zip(conds, inputs[:n_c])}
+    ablations = {}
+    for c, p in zip(conds[1:], inputs[n_c:2 * n_c - 1]):
+        a = ablation.load(p)
+        ablations[c] = {k: a[k] for k in ("kind", "concept", "layer", "reason")}
+        ablations[c]["n_removed"] = int(a["n_removed"])
+    model_paths = inputs[2 * n_c - 1:2 * n_c - 1 + n_c * n_m]
+    test_masks = {}
+    for concept, p in zip(concepts, inputs[2 * n_c - 1 + n_c * n_m:]):
+        with h5io.read(p) as f:
+            if "test_concept_mask" in f:
+                test_masks[concept] = f["test_concept_mask"][()]
+    metrics = {}
+    for i, c in enumerate(conds):
+        metrics[c] = []
+        for j in range(n_m):
+            with h5io.read(model_paths[i * n_m + j]) as f:  # the metrics only: no torch needed
+                metrics[c].append({**json.loads(f.attrs["metrics"]), "test_correct": f["metrics/test_correct"][()]})
+    return write(compare(summaries, metrics, ablations, test_masks, cfg), *outputs)

@@ -1,0 +1,225 @@
+"""Stage 9b: the static HTML report (results/<experiment>/report/index.html).
+
+Sections: verdicts, base-task accuracy of every ensemble, accuracy vs depth and sparsity
+vs depth per condition (95% bootstrap intervals over members), concept-score
+distributions, enrichment bars, top/bottom image grids, and the config used. Figures
+are PNG files next to index.html, referenced by relative paths.
+"""
+from __future__ import annotations
+
+import html
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from . import h5io
+from .ablation import concept_scores
+from .ablation import size as ablation_size
+
+SECTIONS = ("verdicts", "training", "accuracy", "sparsity", "scores", "enrichment", "images", "config")
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _condition_curves(compare: dict, summaries: dict, concept: str, key: str):
+    """[(condition, mean, lo, hi)] over layers, base first; ``key`` is "acc" or "k"."""
+    out = []
+    conds = compare["conditions"]
+    first = next(iter(conds.values()), None)
+    if first is not None:
+        rows = first["concepts"][concept]["per_layer"]
+        out.append(("base", *[np.array([r[f"{key}_base"][q] for r in rows]) for q in ("point", "lo", "hi")]))
+    else:  # no ablations configured: the base ensemble's spread
+        s = summaries["base"][concept]
+        vals = np.asarray(s["acc_per_member"] if key == "acc" else s["sparsity_k_per_member"], float)
+        out.append(("base", vals.mean(0), vals.min(0), vals.max(0)))
+    for cond, e in conds.items():
+        rows = e["concepts"][concept]["per_layer"]
+        out.append((cond, *[np.array([r[f"{key}_cond"][q] for r in rows]) for q in ("point", "lo", "hi")]))
+    return out
+
+
+def depth_figure(compare: dict, summaries: dict, concepts: list, layers: list, key: str, path) -> None:
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(concepts), figsize=(5.2 * len(concepts), 3.8), squeeze=False)
+    x = np.arange(len(layers))
+    for ax, concept in zip(axes[0], concepts):
+        for i, (cond, mean, lo, hi) in enumerate(_condition_curves(compare, summaries, concept, key)):
+            color = "black" if cond == "base" else f"C{i - 1}"
+            ax.plot(x, mean, marker="o", color=color, lw=2 if cond == "base" else 1.2, label=cond)
+            ax.fill_between(x, lo, hi, color=color, alpha=0.12)
+        ax.set_xticks(x, layers)
+        ax.set_title(f"{concept}")
+        ax.grid(alpha=0.3)
+        if key == "acc":
+            ax.axhline(0.5, color="grey", ls="--", lw=0.8)
+            ax.set_ylabel("held-out balanced accuracy")
+        else:
+            ax.set_ylabel("probing sparsity k (channels)")
+        ax.legend(fontsize=7)
+    fig.suptitle("probe accuracy vs depth" if key == "acc" else "probing sparsity vs depth (smaller = sparser)",
+                 fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def scores_figure(scores: dict, truths: dict, locations: dict, k: int, path) -> None:
+    """Histogram of each concept's scores at its location, split by ground truth when known."""
+    plt = _plt()
+    concepts = list(scores)
+    fig, axes = plt.subplots(1, len(concepts), figsize=(5.2 * len(concepts), 3.5), squeeze=False)
+    for ax, concept in zip(axes[0], concepts):
+        s, truth = scores[concept], truths.get(concept)
+        bins = np.linspace(np.quantile(s, 0.001), np.quantile(s, 0.999), 60)
+        if truth is not None:
+            ax.hist(s[~truth], bins=bins, alpha=0.6, label=f"without concept ({(~truth).sum()})", density=True)
+            ax.hist(s[truth], bins=bins, alpha=0.6, label=f"with concept ({truth.sum()})", density=True)
+        else:
+            ax.hist(s, bins=bins, alpha=0.7, label="all training images", density=True)
+        cut = np.sort(s)[::-1][min(k, len(s)) - 1]
+        ax.axvline(cut, color="black", ls="--", lw=1, label=f"top-{k} cut")
+        ax.set_title(f"{concept} at {locations[concept]}")
+        ax.set_xlabel("TRAK concept score")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def enrichment_figure(enrichment: dict, concepts: list, layers: list, path) -> None:
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(concepts), figsize=(5.2 * len(concepts), 3.5), squeeze=False)
+    x = np.arange(len(layers))
+    for ax, concept in zip(axes[0], concepts):
+        table = enrichment.get(concept, {})
+        for off, key, label in ((-0.27, "enrichment", "top-k"), (0.0, "random_enrichment", "random"),
+                                (0.27, "bottom_enrichment", "bottom-k")):
+            vals = [table.get(layer, {}).get(key, np.nan) for layer in layers]
+            ax.bar(x + off, vals, width=0.26, label=label)
+        ax.axhline(1.0, color="grey", ls="--", lw=0.8)
+        ax.set_xticks(x, layers)
+        ax.set_title(f"{concept}: ground-truth share over base rate")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _table(header, rows, classes=None) -> str:
+    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
+    body = []
+    for i, row in enumerate(rows):
+        cls = f' class="{classes[i]}"' if classes and classes[i] else ""
+        body.append(f"<tr{cls}>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>")
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+
+
+CSS = """body{font-family:sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}
+table{border-collapse:collapse;margin:1em 0;font-size:0.9em}td,th{border:1px solid #ccc;padding:4px 8px;
+text-align:left;vertical-align:top}th{background:#f3f3f3}tr.target td{font-weight:bold}
+tr.failed td{background:#fde0e0}img{max-width:100%;border:1px solid #eee}pre{background:#f7f7f7;padding:1em;
+overflow-x:auto}section{margin-bottom:2.5em}.note{color:#555;font-size:0.9em}"""
+
+
+def render_html(compare: dict, config: dict, figures: dict, enrichment: dict, grids: dict) -> str:
+    """The page. ``figures``: {name: file name}; ``grids``: {concept: file name}."""
+    exp = html.escape(config.get("experiment", ""))
+    conds = compare["conditions"]
+    rows, classes = [], []
+    for cond, e in conds.items():
+        for concept, c in e["concepts"].items():
+            rows.append([cond, concept, e["info"].get("reason", ""), c["verdict"]["text"]])
+            classes.append(" ".join(filter(None, ["target" if concept == e["info"].get("concept") else "",
+                                                  "" if e["trained_ok"] else "failed"])))
+    verdicts = (_table(["condition", "concept", "what was removed", "verdict"], rows, classes) if rows else
+                "<p>No ablation conditions are configured (ablation.controls and ablation.layers).</p>")
+    base_acc = compare.get("base_test_acc_per_member", [])
+    train_rows = [["base", "-", f"{np.mean(base_acc):.3f}" if base_acc else "", ", ".join(f"{a:.3f}" for a in base_acc),
+                   "", "yes"]]
+    for cond, e in conds.items():
+        train_rows.append([cond, e["info"].get("n_removed", ""), f"{np.mean(e['test_acc_per_member']):.3f}",
+                           ", ".join(f"{a:.3f}" for a in e["test_acc_per_member"]), e["test_acc_note"],
+                           "yes" if e["trained_ok"] else "NO: comparison meaningless"])
+    enrich_rows = []
+    for concept, table in enrichment.items():
+        for layer, v in table.items():
+            if isinstance(v, dict) and "enrichment" in v:
+                mark = " (location)" if layer == table.get("location") else ""
+                enrich_rows.append([concept, layer + mark, v["k"], f"{v['enrichment']:.2f}x",
+                                    f"{v['random_enrichment']:.2f}x", f"{v['bottom_enrichment']:.2f}x"])
+
+    def img(name, alt):
+        return f'<img src="{html.escape(figures[name])}" alt="{html.escape(alt)}">'
+
+    grid_html = "".join(f'<h3>{html.escape(c)}</h3><img src="{html.escape(p)}" alt="top and bottom images for '
+                        f'{html.escape(c)}">' for c, p in grids.items())
+    parts = [
+        f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>concept-attribution: {exp}</title>"
+        f"<style>{CSS}</style></head><body>",
+        f"<h1>concept-attribution report: {exp}</h1>",
+        "<p class=\"note\">Which training images taught the network each concept, and does removing them and "
+        "retraining move the concept or change its sparsity? Intervals are 95% bootstrap intervals over ensemble "
+        "members; a change is called when the interval of the difference excludes zero.</p>",
+        f"<section id=\"verdicts\"><h2>Verdicts</h2>{verdicts}<p class=\"note\">Bold rows: the concept the "
+        "condition targets. Red rows: the retrained ensemble failed the base task.</p></section>",
+        "<section id=\"training\"><h2>Base-task test accuracy of every ensemble</h2>"
+        + _table(["condition", "images removed", "mean test acc", "per member", "check", "learned"], train_rows)
+        + "</section>",
+        f"<section id=\"accuracy\"><h2>Probe accuracy vs depth</h2>{img('accuracy', 'accuracy vs depth')}</section>",
+        f"<section id=\"sparsity\"><h2>Probing sparsity vs depth</h2>{img('sparsity', 'sparsity vs depth')}</section>",
+        f"<section id=\"scores\"><h2>Concept-score distributions (base ensemble)</h2>"
+        f"{img('scores', 'score distributions')}</section>",
+        f"<section id=\"enrichment\"><h2>Attribution enrichment</h2>{img('enrichment', 'enrichment bars')}"
+        + (_table(["concept", "layer", "k", "top-k", "random", "bottom-k"], enrich_rows) if enrich_rows else
+           "<p>No ground truth for these concepts: enrichment is not defined.</p>") + "</section>",
+        f"<section id=\"images\"><h2>Top and bottom attributed training images</h2>{grid_html}</section>",
+        f"<section id=\"config\"><h2>Config used</h2><pre>{html.escape(yaml.safe_dump(config, sort_keys=False))}"
+        "</pre></section>",
+        "</body></html>",
+    ]
+    return "\n".join(parts)
+
+
+def build(files: dict, out: dict, cfg: dict) -> str:
+    """``files``: the report rule's named inputs; ``out``: its named outputs ({"html",
+    "accuracy", "sparsity", "scores", "enrichment", "grids": [...]}, all in one folder).
+    ``cfg``: {"concepts", "layers", "conditions", "ablation", "config"}. Returns the page's path."""
+    compare = json.loads(Path(files["compare"]).read_text())
+    concepts, layers = list(cfg["concepts"]), list(cfg["layers"])
+    summaries = {c: json.loads(Path(p).read_text()) for c, p in zip(cfg["conditions"], files["summaries"])}
+    enrichment = json.loads(Path(files["enrichment"]).read_text())
+    locations = {c: summaries["base"][c]["location"] for c in concepts}
+    scores, truths = {}, {}
+    for concept, probe_set in zip(concepts, files["probe_sets"]):
+        score_path = files["scores"][concepts.index(concept) * len(layers) + layers.index(locations[concept])]
+        scores[concept] = concept_scores(score_path)
+        with h5io.read(probe_set) as f:
+            if "train_concept_mask" in f:
+                truths[concept] = f["train_concept_mask"][()].astype(bool)
+    k = ablation_size(len(next(iter(scores.values()))), cfg["ablation"])
+    depth_figure(compare, summaries, concepts, layers, "acc", out["accuracy"])
+    depth_figure(compare, summaries, concepts, layers, "k", out["sparsity"])
+    scores_figure(scores, truths, locations, k, out["scores"])
+    enrichment_figure(enrichment, concepts, layers, out["enrichment"])
+    for src, dst in zip(files["grids"], out["grids"]):
+        shutil.copyfile(src, dst)
+    folder = Path(out["html"]).parent
+    figures = {name: Path(out[name]).relative_to(folder).as_posix()
+               for name in ("accuracy", "sparsity", "scores", "enrichment")}
+    grids = {c: Path(p).relative_to(folder).as_posix() for c, p in zip(concepts, out["grids"])}
+    page = render_html(compare, cfg["config"], figures, enrichment, grids)
+    tmp = Path(out["html"]).with_name(".index.html.tmp")
+    tmp.write_text(page)
+    tmp.replace(out["html"])
+    return str(Path(out["html"]).resolve())
