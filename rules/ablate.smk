@@ -1,18 +1,6 @@
 # Stage 7: the ablated training set of every non-base condition (top-k, random, oracle).
 
 
-def ablate_inputs(w):
-    spec = ABLATIONS[w.condition]
-    inputs = [f"{RESULTS}/data/base.h5"]
-    if spec["kind"] == "top":
-        layers = LAYERS if spec["layer"] == "location" else [spec["layer"]]
-        inputs.append(f"{RESULTS}/base/probes/{spec['concept']}.h5")  # the location
-        inputs += [f"{RESULTS}/base/trak/scores/{spec['concept']}/{layer}.h5" for layer in layers]
-    elif spec["kind"] == "oracle":
-        inputs.append(f"{RESULTS}/data/probe_{spec['concept']}.h5")  # the ground truth
-    return inputs
-
-
 rule ablate:
     input:
         ablate_inputs,
@@ -21,6 +9,8 @@ rule ablate:
     params:
         cfg=lambda w: as_json(ablation_params(w.condition)),
         code=code_digest("ablation", "summary", "probes", "h5io", "seeding"),
+    resources:
+        **rule_resources("ablate"),
     log:
         f"{LOGS}/ablation/{{condition}}.log",
     conda:

@@ -11,6 +11,8 @@ rule activations:
         cfg=lambda w: as_json(activation_params()),
         code=code_digest("activations", "models", "checkpoints", "h5io"),
     threads: config["threads"]["activations"]
+    resources:
+        **rule_resources("activations", device=config["activations"]["device"]),
     log:
         f"{LOGS}/{{condition}}/activations/m{{member}}_{{concept}}.log",
     conda:

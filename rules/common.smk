@@ -82,3 +82,40 @@ def ablation_params(condition):
     if spec["kind"] == "random":
         return {"spec": spec, **size, "seed": config["seed"]}
     return {"spec": spec}
+
+
+def rule_resources(family, device=None):
+    """Memory (MB) and wall time (min) of a rule family from config["resources"] (its own
+    entry over "default"), and one GPU when the stage's device is cuda. CPU rules ask for
+    no GPU at all. On SLURM the plugin turns these into --mem, -t and --gpus."""
+    r = {"mem_mb": 4000, "runtime": 60, **config["resources"].get("default", {}),
+         **config["resources"].get(family, {})}
+    out = {"mem_mb": r["mem_mb"], "runtime": r["runtime"]}
+    if device == "cuda":
+        out["gpu"] = 1
+    return out
+
+
+# Input functions of the rules (lint: functions live here, rules in their own files).
+
+
+def train_inputs(w):
+    data = [f"{RESULTS}/data/base.h5"]
+    return data if w.condition == "base" else data + [f"{RESULTS}/ablation/{w.condition}.h5"]
+
+
+def ablate_inputs(w):
+    spec = ABLATIONS[w.condition]
+    inputs = [f"{RESULTS}/data/base.h5"]
+    if spec["kind"] == "top":
+        layers = LAYERS if spec["layer"] == "location" else [spec["layer"]]
+        inputs.append(f"{RESULTS}/base/probes/{spec['concept']}.h5")  # the location
+        inputs += [f"{RESULTS}/base/trak/scores/{spec['concept']}/{layer}.h5" for layer in layers]
+    elif spec["kind"] == "oracle":
+        inputs.append(f"{RESULTS}/data/probe_{spec['concept']}.h5")  # the ground truth
+    return inputs
+
+
+def named(files):
+    """Named inputs/outputs as plain JSON (str or list of str per name)."""
+    return {k: v if isinstance(v, str) else list(v) for k, v in files.items()}

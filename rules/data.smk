@@ -7,6 +7,8 @@ rule base_data:
     params:
         cfg=lambda w: as_json(data_params()),
         code=code_digest("data", "datasets", "h5io", "seeding"),
+    resources:
+        **rule_resources("data"),
     log:
         f"{LOGS}/base_data.log",
     conda:
@@ -23,6 +25,8 @@ rule probe_set:
     params:
         cfg=lambda w: as_json(concept_params(w.concept)),
         code=code_digest("data", "datasets", "h5io", "seeding"),
+    resources:
+        **rule_resources("data"),
     log:
         f"{LOGS}/probe_set/{{concept}}.log",
     conda:

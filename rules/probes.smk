@@ -11,6 +11,8 @@ rule probes:
         cfg=lambda w: as_json(probe_params()),
         code=code_digest("probes", "h5io"),
     threads: config["threads"]["probes"]
+    resources:
+        **rule_resources("probes"),
     log:
         f"{LOGS}/{{condition}}/probes/{{concept}}.log",
     conda:

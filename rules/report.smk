@@ -14,6 +14,8 @@ rule compare:
         cfg=lambda w: as_json({"seed": config["seed"], **config["compare"], "conditions": CONDITIONS,
                                "members": MEMBERS, "concepts": CONCEPTS}),
         code=code_digest("compare", "ablation", "h5io", "seeding"),
+    resources:
+        **rule_resources("report"),
     log:
         f"{LOGS}/compare.log",
     conda:
@@ -21,11 +23,6 @@ rule compare:
     shell:
         "python -m workflow compare --params {params.cfg:q} --input {input:q} "
         "--output {output.json:q} {output.txt:q} 2> {log:q} | tee -a {log:q}"
-
-
-def named(files):
-    """Named inputs/outputs as plain JSON (str or list of str per name)."""
-    return {k: v if isinstance(v, str) else list(v) for k, v in files.items()}
 
 
 REPORT = f"{RESULTS}/report"
@@ -54,6 +51,8 @@ rule report_html:
                                "config": {k: v for k, v in config.items() if k != "threads"}}),
         files=lambda w, input, output: as_json({"input": named(input), "output": named(output)}),
         code=code_digest("report", "ablation", "h5io"),
+    resources:
+        **rule_resources("report"),
     log:
         f"{LOGS}/report.log",
     conda:

@@ -11,6 +11,8 @@ rule summarize:
     params:
         cfg=lambda w: as_json({"concepts": CONCEPTS}),
         code=code_digest("summary", "probes", "h5io"),
+    resources:
+        **rule_resources("report"),
     log:
         f"{LOGS}/{{condition}}/summary.log",
     conda:

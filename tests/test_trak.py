@@ -173,3 +173,19 @@ def test_sparse_projector_cpu_and_gpu_agree():
     cpu = projectors.SparseJLProjector(50000, 512, 3, device="cpu").project(g, 5)
     gpu = projectors.SparseJLProjector(50000, 512, 3, device="cuda").project(g.cuda(), 5).cpu()
     torch.testing.assert_close(cpu, gpu, rtol=1e-4, atol=1e-4)
+
+
+def test_x_xtx_inv_in_n_by_n_form_when_features_outnumber_images():
+    from workflow.trak_features import x_xtx_inv
+
+    r = np.random.default_rng(0)
+    wide = r.normal(size=(30, 80))            # k > n: computed as (X X^T + lam I)^-1 X
+    got, lam = x_xtx_inv(wide, 0.1)
+    assert lam == pytest.approx(0.1 * (wide ** 2).sum() / 80)
+    np.testing.assert_allclose(got, wide @ np.linalg.inv(wide.T @ wide + lam * np.eye(80)), atol=1e-10)
+    tall = r.normal(size=(80, 30))            # k <= n: the k x k form, as traker
+    got, lam = x_xtx_inv(tall, 0.0)
+    assert lam == 0
+    np.testing.assert_allclose(got, tall @ np.linalg.inv(tall.T @ tall), atol=1e-10)
+    got, _ = x_xtx_inv(wide, 0.0)             # no ridge and k > n: the pseudo-inverse
+    np.testing.assert_allclose(got, wide @ np.linalg.pinv(wide.T @ wide), atol=1e-8)

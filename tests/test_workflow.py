@@ -11,10 +11,9 @@ import numpy as np
 import pytest
 import yaml
 
-from conftest import REPO, run_snakemake, snakemake_cmd
+from conftest import TINY, numbers, run_snakemake, snakemake_cmd, write_config
 
 pytestmark = pytest.mark.e2e
-TINY = yaml.safe_load((REPO / "tests" / "configs" / "tiny.yaml").read_text())
 CONCEPTS = [c["name"] for c in TINY["concepts"]]
 MEMBERS = range(TINY["ensemble"]["size"])
 LAYERS = TINY["layers"]
@@ -22,10 +21,6 @@ N_CKPT, N_SHARDS = len(TINY["trak"]["checkpoints"]), TINY["trak"]["shards"]
 N_SCORE = len(CONCEPTS) * len(LAYERS)
 CONDITIONS = ["top-hilo", "random", "oracle-hilo"]  # tiny.yaml ablates hilo only
 N_COND = 1 + len(CONDITIONS)
-
-
-def write_config(workdir, cfg):
-    Path(workdir, "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
 
 
 def job_counts(dry_run_stdout: str) -> dict:
@@ -41,32 +36,6 @@ def job_counts(dry_run_stdout: str) -> dict:
         counts[m.group(1)] = int(m.group(2))
     counts.pop("total", None)
     return counts
-
-
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    wd = tmp_path_factory.mktemp("tiny")
-    write_config(wd, TINY)
-    run_snakemake(wd, "--cores", "2")
-    return wd
-
-
-def numbers(wd):
-    """The numbers a run ends with: weights of every member and every probe accuracy/sparsity."""
-    out = {}
-    res = Path(wd, "results", "tiny", "base")
-    for m in MEMBERS:
-        with h5py.File(res / "models" / f"m{m}.h5") as f:
-            for k, v in f["final"].items():
-                out[f"m{m}/{k}"] = v[()]
-    for c in CONCEPTS:
-        with h5py.File(res / "probes" / f"{c}.h5") as f:
-            out[f"{c}/acc"] = f["heldout_bal_acc"][()]
-            out[f"{c}/k"] = f["sparsity_k"][()]
-        for layer in LAYERS:
-            with h5py.File(res / "trak" / "scores" / c / f"{layer}.h5") as f:
-                out[f"{c}/{layer}/scores"] = f["per_target"][()]
-    return out
 
 
 def test_every_concept_member_and_layer_is_probed(tiny_run):

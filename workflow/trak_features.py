@@ -92,11 +92,21 @@ def _py(v):
 
 
 def x_xtx_inv(grads: np.ndarray, lambda_reg: float = 0.0):
-    """(X (X^T X + lam I)^-1, lam) in float64; lam = lambda_reg x mean diagonal of X^T X."""
+    """(X (X^T X + lam I)^-1, lam) in float64; lam = lambda_reg x mean diagonal of X^T X.
+
+    With more feature dimensions than training images (k > n, e.g. unprojected
+    gradients) the same matrix is computed in n x n form, (X X^T + lam I)^-1 X, using the
+    pseudo-inverse when lam is 0 (X^T X is then singular).
+    """
     x = torch.as_tensor(np.asarray(grads), dtype=torch.float64)
-    xtx = x.T @ x
-    lam = float(lambda_reg) * float(torch.diagonal(xtx).mean())
-    return (x @ torch.linalg.inv(xtx + lam * torch.eye(xtx.shape[0], dtype=torch.float64))).numpy(), lam
+    n, k = x.shape
+    lam = float(lambda_reg) * float((x * x).sum()) / k
+    if k <= n:
+        xtx = x.T @ x
+        return (x @ torch.linalg.inv(xtx + lam * torch.eye(k, dtype=torch.float64))).numpy(), lam
+    xxt = x @ x.T
+    inv = torch.linalg.inv(xxt + lam * torch.eye(n, dtype=torch.float64)) if lam > 0 else torch.linalg.pinv(xxt)
+    return (inv @ x).numpy(), lam
 
 
 def train_features(gc, proj, x, y, model_id: int):

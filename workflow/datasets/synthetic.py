@@ -61,44 +61,49 @@ def _grating(rng, xx, yy, band, phi=None):
     return np.sin(2 * np.pi * f * (xx * np.cos(phi) + yy * np.sin(phi)) + phase)
 
 
-def render(rng: np.random.Generator, label: int, planted: bool, size: int = 32,
-           same_band: bool = False) -> np.ndarray:
-    """One HxWx3 uint8 image of shape ``label``.
-
-    Clean images: a coloured shape over a background where the high and low gratings
-    are blended everywhere. ``planted``: the shape has the background's colour and is
-    drawn only by texture, one band inside and the other outside, so its outline is a
-    high/low-frequency boundary (the "in-focus object on a blurred background" cue of
-    high-low frequency detectors). ``same_band`` (probe-set negatives of the perceptual
-    concept): the same texture-defined shape, but inside and outside share a band and
-    differ in orientation: a texture boundary that is not a frequency boundary.
-    """
-    yy, xx = np.mgrid[0:size, 0:size].astype(np.float64)
-    amp = rng.uniform(0.18, 0.28)
-    bg_color = rng.uniform(0.3, 0.7, size=3)
-    r = rng.uniform(0.22, 0.34) * size
+def _placed_mask(rng, cls: int, xx, yy, size: int, r_range) -> np.ndarray:
+    r = rng.uniform(*r_range) * size
     cx, cy = rng.uniform(r * 0.9, size - r * 0.9, size=2)
     rot = rng.uniform(-0.35, 0.35)
     dx, dy = xx - cx, yy - cy
     xr = dx * np.cos(rot) + dy * np.sin(rot)
     yr = -dx * np.sin(rot) + dy * np.cos(rot)
-    mask = _shape_mask(label, xr, yr, r)
+    return _shape_mask(cls, xr, yr, r)
+
+
+def render(rng: np.random.Generator, label: int, planted: bool, size: int = 32,
+           same_band: bool = False) -> np.ndarray:
+    """One HxWx3 uint8 image of shape ``label``.
+
+    Every image holds a *distractor*: a smaller shape of a random other class drawn by
+    texture alone, its inside and outside in the same frequency band at different
+    orientations. Clean images: the labelled shape in a random colour over that
+    background. ``planted``: the labelled shape has the background's colour and is drawn
+    only by texture, one band inside and the other outside, so its outline is a boundary
+    between a high- and a low-frequency region (the "in-focus object on a blurred
+    background" cue of high-low frequency detectors). To classify a planted image the
+    network must tell that frequency boundary from the distractor's same-band boundary;
+    a network trained without planted images only learns to ignore texture shapes.
+    ``same_band`` (probe-set negatives of the perceptual concept): the labelled shape is
+    drawn like the distractor, by a same-band boundary.
+    """
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float64)
+    amp = rng.uniform(0.18, 0.28)
+    bg_color = rng.uniform(0.3, 0.7, size=3)
+    mask = _placed_mask(rng, label, xx, yy, size, (0.22, 0.34))
+    other = (label + rng.integers(1, len(CLASS_NAMES))) % len(CLASS_NAMES)
+    distractor = _placed_mask(rng, other, xx, yy, size, (0.16, 0.24)) & ~mask
+    out_band = HIGH_BAND if rng.random() < 0.5 else LOW_BAND
+    in_band = (LOW_BAND if out_band is HIGH_BAND else HIGH_BAND) if planted else out_band
+    phi = rng.uniform(0, np.pi)
+    outside = _grating(rng, xx, yy, out_band, phi)
+    tex = np.where(distractor, _grating(rng, xx, yy, out_band, phi + np.pi / 2 + rng.uniform(-0.5, 0.5)), outside)
     if planted or same_band:
-        phi = rng.uniform(0, np.pi)
-        phi2 = phi + np.pi / 2 + rng.uniform(-np.pi / 6, np.pi / 6)
-        if planted:
-            bands = (HIGH_BAND, LOW_BAND) if rng.random() < 0.5 else (LOW_BAND, HIGH_BAND)
-        else:
-            bands = (HIGH_BAND, HIGH_BAND) if rng.random() < 0.5 else (LOW_BAND, LOW_BAND)
-        inside = _grating(rng, xx, yy, bands[0], phi)
-        outside = _grating(rng, xx, yy, bands[1], phi2)
-        tex = np.where(mask, inside, outside)
+        inside = _grating(rng, xx, yy, in_band, phi + np.pi / 2 + rng.uniform(-0.5, 0.5))
+        tex = np.where(mask, inside, tex)
         img = bg_color[None, None, :] + 1.4 * amp * tex[:, :, None]
     else:
-        hi = _grating(rng, xx, yy, HIGH_BAND)
-        lo = _grating(rng, xx, yy, LOW_BAND)
-        tex = (hi + lo) / np.sqrt(2.0)
-        img = bg_color[None, None, :] + amp * tex[:, :, None]
+        img = bg_color[None, None, :] + 1.4 * amp * tex[:, :, None]
         color = rng.uniform(0.0, 1.0, size=3)
         if abs(color.mean() - bg_color.mean()) < 0.25:  # keep the shape visible
             color = np.clip(1.0 - color, 0, 1)
