@@ -85,7 +85,7 @@ rule trak_report:
         grids=expand(f"{RESULTS}/{{{{condition}}}}/trak/top_bottom_{{concept}}.png", concept=CONCEPTS),
     params:
         cfg=lambda w: as_json({"concepts": CONCEPTS, "layers": LAYERS}),
-        code=code_digest("trak_report", "trak_scores", "h5io"),
+        code=code_digest("trak_report", "ablation", "h5io"),
     resources:
         **rule_resources("report"),
     log:

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from . import h5io
-from .trak_scores import load_scores
+from .ablation import concept_scores
 
 
 def grid_png(images, labels, class_names, scores, path, title: str, n: int = 16) -> None:
@@ -47,7 +47,7 @@ def write(summary_json, base_path, score_files: dict, enrichment_files: dict, ou
         table.setdefault(concept, {})[layer] = json.loads(Path(p).read_text())
     for concept, png in grid_paths.items():
         loc = summary[concept]["location"]
-        scores = load_scores(score_files[(concept, loc)])
+        scores = concept_scores(score_files[(concept, loc)])
         grid_png(images, labels, class_names, scores, png, f"concept {concept} at its location {loc}")
         lines.append(f"concept {concept} (location {loc}): enrichment of ground-truth images in the top-k")
         for layer, e in table[concept].items():

@@ -124,8 +124,3 @@ def score(concept: str, layer: str, probe_set_path, probes_path, models: dict, f
         f.create_dataset("target_indices", data=tidx)
     Path(json_path).write_text(json.dumps(result, indent=2))
     log.info("%s/%s: %s", concept, layer, json.dumps(result))
-
-
-def load_scores(path) -> np.ndarray:
-    with h5io.read(path) as f:
-        return f["concept_score"][()]
