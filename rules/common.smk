@@ -64,12 +64,16 @@ def probe_params():
 
 
 def trak_params(*keys):
+    """The named keys of config["trak"]; layer_dim only where the factored projector
+    can be chosen, so editing it reruns nothing else."""
     t = config["trak"]
+    if t["projector"] not in ("factored", "auto"):
+        keys = tuple(k for k in keys if k != "layer_dim")
     return {"seed": config["seed"], "trak": {k: t[k] for k in keys}}
 
 
-FEATURIZE_KEYS = ("proj_dim", "proj_seed", "projector", "device", "shards", "precision", "checkpoints",
-                  "batch_size")
+FEATURIZE_KEYS = ("proj_dim", "proj_seed", "projector", "layer_dim", "device", "shards", "precision",
+                  "checkpoints", "batch_size")
 
 
 def ablation_params(condition):

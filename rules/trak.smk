@@ -10,7 +10,7 @@ rule featurize:
         f"{RESULTS}/{{condition}}/trak/features/m{{member}}/{{ckpt}}/shard{{shard}}.h5",
     params:
         cfg=lambda w: as_json(trak_params(*FEATURIZE_KEYS)),
-        code=code_digest("trak_features", "projectors", "models", "checkpoints", "imagesets", "h5io"),
+        code=code_digest("trak_features", "projectors", "factored", "models", "checkpoints", "imagesets", "h5io"),
     threads: config["threads"]["trak"]
     resources:
         **rule_resources("featurize", device=config["trak"]["device"]),
@@ -56,8 +56,8 @@ rule score:
     params:
         cfg=lambda w: as_json({**trak_params(*FEATURIZE_KEYS, "lambda_reg", "max_targets", "top_fraction"),
                                "members": MEMBERS}),
-        code=code_digest("trak_scores", "trak_features", "probe_function", "projectors", "probes", "models",
-                         "checkpoints", "h5io"),
+        code=code_digest("trak_scores", "trak_features", "probe_function", "projectors", "factored", "probes",
+                         "models", "checkpoints", "h5io"),
     threads: config["threads"]["trak"]
     resources:
         **rule_resources("score", device=config["trak"]["device"]),

@@ -1,9 +1,8 @@
 """TRAK: closed form on a linear model, sharding, shard checks, projector properties."""
+import h5py
 import numpy as np
 import pytest
 import torch
-from trak.gradient_computers import FunctionalGradientComputer
-from trak.modelout_functions import ImageClassificationModelOutput
 from trak.projectors import AbstractProjector
 
 from workflow import checkpoints, data, projectors, trak_features, trak_scores
@@ -38,15 +37,10 @@ def test_scores_with_projection_off_equal_the_closed_form():
         model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, C))
         grad_dim = sum(p.numel() for p in model.parameters())
         proj = projectors.make("noop", grad_dim, 0, 0, "cpu")
-        gc = FunctionalGradientComputer(model, ImageClassificationModelOutput(), grad_dim, torch.float32, "cpu")
         x, y = to_input(train_imgs), torch.as_tensor(train_y)
-        feats, otl = trak_features.train_features(gc, proj, x, y, model_id=m)
+        feats, otl = trak_features.TrainFeatures(model, proj, grad_dim)(x, y, model_id=m)
         wt = torch.tensor(w_target, dtype=torch.float32)
-
-        def f(params, buffers, img):
-            return torch.func.functional_call(model, {**params, **buffers}, (img.unsqueeze(0),))[0] @ wt
-
-        g = trak_scores.target_gradients(model, f, target_imgs, proj, m, batch_size=2)
+        g = trak_scores.target_gradients(model, lambda net, img: net(img) @ wt, target_imgs, proj, m, batch_size=2)
         # softmax margin gradients sum to zero over classes, so X^T X is singular: use a ridge
         parts.append((trak_features.x_xtx_inv(feats, LAMBDA)[0], g, otl))
 
@@ -107,8 +101,6 @@ def test_sharded_features_equal_unsharded(tiny_model):
     cfg = {"seed": 0, "trak": {**TCFG, "shards": 1}}
     trak_features.gather(featurize_all(d, 1, "one"), d / "one.h5", cfg)
     trak_features.gather(featurize_all(d, 3, "three"), d / "three.h5", {"seed": 0, "trak": {**TCFG, "shards": 3}})
-    import h5py
-
     with h5py.File(d / "one.h5") as a, h5py.File(d / "three.h5") as b:
         assert a["grads"].shape == (30, 16)
         np.testing.assert_allclose(a["grads"][()], b["grads"][()], rtol=1e-4, atol=1e-5)  # batch-order rounding
@@ -173,6 +165,22 @@ def test_sparse_projector_cpu_and_gpu_agree():
     cpu = projectors.SparseJLProjector(50000, 512, 3, device="cpu").project(g, 5)
     gpu = projectors.SparseJLProjector(50000, 512, 3, device="cuda").project(g.cuda(), 5).cpu()
     torch.testing.assert_close(cpu, gpu, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("projector", ["factored", "sparse"])
+def test_featurize_on_cuda_matches_cpu(tiny_model, projector):
+    d = tiny_model
+    out = {}
+    for device in ("cpu", "cuda"):
+        cfg = {"seed": 0, "trak": {**TCFG, "projector": projector, "device": device, "shards": 1}}
+        trak_features.featurize(d / "m0.h5", d / "base.h5", d / f"gpu_{projector}_{device}.h5", 0, "final", 0, cfg)
+        with h5py.File(d / f"gpu_{projector}_{device}.h5") as f:
+            out[device] = (f["grads"][()], f["out_to_loss"][()], f.attrs["device_type"])
+    assert out["cuda"][2] == "cuda"
+    np.testing.assert_allclose(out["cuda"][0], out["cpu"][0], rtol=1e-3, atol=1e-4)
+    np.testing.assert_allclose(out["cuda"][1], out["cpu"][1], rtol=1e-4, atol=1e-5)
 
 
 def test_x_xtx_inv_in_n_by_n_form_when_features_outnumber_images():

@@ -77,7 +77,7 @@ def test_trak_scores_for_every_concept_and_layer(tiny_run):
         assert (trak / f"top_bottom_{c}.png").stat().st_size > 5000
     with h5py.File(trak / "features" / "m0_final.h5") as f:
         assert f["grads"].shape == (n_train, TINY["trak"]["proj_dim"])
-        assert f.attrs["projector"] == "SparseJLProjector" and f.attrs["proj_seed"] == 0
+        assert f.attrs["projector"] == "FactoredProjector" and f.attrs["proj_seed"] == 0
     table = yaml.safe_load((trak / "enrichment.json").read_text())
     assert set(table) == set(CONCEPTS)
 
@@ -128,6 +128,8 @@ EDITS = {
     "TRAK target edit: scoring and the top-k condition": (
         ("trak", "max_targets", 5),
         plus({"score": N_SCORE, "trak_report": 1, "ablate": 1}, retrain(1), REPORT)),
+    "projector edit: features, scores and the top-k condition": (
+        ("trak", "layer_dim", 4096), plus(TRAK, {"ablate": 1}, retrain(1), REPORT)),
     "ablation size: the top-k and random conditions, not the oracle": (
         ("ablation", "fraction", 0.1), plus({"ablate": 2}, retrain(2), REPORT)),
     "bootstrap edit: compare and report only": (("compare", "n_boot", 300), REPORT),

@@ -32,29 +32,29 @@ class ProbeOutput:
         return self.pooled(model, x) @ self.weight + self.bias
 
 
-class _PooledAt(torch.nn.Module):
-    """Wraps a model so ``forward`` returns the pooled output at one layer."""
+class _Output(torch.nn.Module):
+    """Wraps a model so ``forward(x)`` returns ``fn(model, x)``."""
 
-    def __init__(self, model, layer: str):
+    def __init__(self, model, fn):
         super().__init__()
-        self.model, self.layer = model, layer
+        self.model, self.fn = model, fn
 
     def forward(self, x):
-        return self.model.pooled(x, [self.layer])[self.layer]
+        return self.fn(self.model, x)
 
 
-def per_example_output(model, probe_fn: ProbeOutput):
-    """``f(params, buffers, x) -> scalar`` for one image ``x`` [3,H,W], for torch.func.
+def per_example_output(model, fn):
+    """``f(params, buffers, x) -> scalar`` for one image ``x`` [3,H,W], for torch.func,
+    from a batched ``fn(model, x) -> [B]`` such as a ``ProbeOutput``.
 
     ``params``/``buffers`` are dicts keyed like ``model.named_parameters()``;
     ``torch.func.vmap(torch.func.grad(f), in_dims=(None, None, 0))`` gives per-example
-    gradients of the probe output with respect to the network's parameters.
+    gradients of the output with respect to the network's parameters.
     """
-    wrapped = _PooledAt(model, probe_fn.layer)
+    wrapped = _Output(model, fn)
 
     def f(params, buffers, x):
         state = {f"model.{k}": v for k, v in {**params, **buffers}.items()}
-        pooled = torch.func.functional_call(wrapped, state, (x.unsqueeze(0),))
-        return (pooled @ probe_fn.weight + probe_fn.bias)[0]
+        return torch.func.functional_call(wrapped, state, (x.unsqueeze(0),))[0]
 
     return f

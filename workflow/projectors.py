@@ -16,6 +16,9 @@ from trak.projectors import AbstractProjector, BasicProjector, NoOpProjector, Pr
 from trak.utils import vectorize
 
 
+CHUNK = 16384
+
+
 class SparseJLProjector(AbstractProjector):
     def __init__(self, grad_dim: int, proj_dim: int, seed: int, proj_type=ProjectionType.rademacher,
                  device="cpu", nnz_per_column: int = 4, dtype=torch.float32):
@@ -38,14 +41,30 @@ class SparseJLProjector(AbstractProjector):
     def project(self, grads, model_id: int) -> torch.Tensor:
         if isinstance(grads, dict):
             grads = vectorize(grads, device=self.device)
-        buckets, signs = self._hash(model_id)
-        grads = grads.to(device=self.device, dtype=self.dtype)
         if grads.shape[1] != self.grad_dim:
             raise ValueError(f"gradient has {grads.shape[1]} coordinates, projector expects {self.grad_dim}")
-        out = torch.zeros(grads.shape[0], self.proj_dim, device=self.device, dtype=self.dtype)
-        for j in range(self.s):
-            out.index_add_(1, buckets[j], grads * signs[j])
-        return out
+        return self.project_parts([grads], model_id)
+
+    def project_parts(self, parts, model_id: int) -> torch.Tensor:
+        """Project [B, n_1], [B, n_2], ... as if concatenated (n_1 + n_2 + ... = grad_dim),
+        without forming the concatenation. On the CPU it works in column blocks of CHUNK
+        coordinates, transposed so each scatter adds contiguous rows of B values: about 5x
+        faster than one pass over the whole gradient (cache-sized temporaries)."""
+        buckets, signs = self._hash(model_id)
+        out = torch.zeros(self.proj_dim, parts[0].shape[0], device=self.device, dtype=self.dtype)
+        start = 0
+        for part in parts:
+            part = part.to(device=self.device, dtype=self.dtype)
+            chunk = CHUNK if self.device.type == "cpu" else max(1, part.shape[1])  # one launch per part on a GPU
+            for a in range(0, part.shape[1], chunk):
+                block = part[:, a:a + chunk].T.contiguous()
+                cols = slice(start + a, start + a + block.shape[0])
+                for j in range(self.s):
+                    out.index_add_(0, buckets[j, cols], block * signs[j, cols, None])
+            start += part.shape[1]
+        if start != self.grad_dim:
+            raise ValueError(f"gradient has {start} coordinates, projector expects {self.grad_dim}")
+        return out.T.contiguous()
 
     def free_memory(self):
         self._buckets = self._signs = None
@@ -60,11 +79,22 @@ def cuda_projector_available() -> bool:
     return torch.cuda.is_available()
 
 
-def make(kind: str, grad_dim: int, proj_dim: int, seed: int, device: str):
-    """A projector by config name; ``auto`` = traker's CUDA projector on a GPU with
-    fast_jl installed, else the sparse JL projector. ``device`` is "cpu" or "cuda"."""
+def make(kind: str, grad_dim: int, proj_dim: int, seed: int, device: str, model=None, layer_dim=None):
+    """A projector by config name. ``auto`` = traker's CUDA projector on a GPU with fast_jl
+    installed, else the factored projector where the model is built of Conv2d, Linear and
+    BatchNorm2d (every model this workflow trains), else the sparse JL projector.
+    ``device`` is "cpu" or "cuda"; ``model`` is needed by the factored projector."""
+    from .factored import FactoredProjector, supports
+
     if kind == "auto":
-        kind = "cuda" if device == "cuda" and cuda_projector_available() else "sparse"
+        if device == "cuda" and cuda_projector_available():
+            kind = "cuda"
+        else:
+            kind = "factored" if model is not None and supports(model) else "sparse"
+    if kind == "factored":
+        if model is None:
+            raise ValueError("trak.projector: factored needs the model")
+        return FactoredProjector(model, proj_dim, seed, device=device, layer_dim=layer_dim)
     if kind == "sparse":
         return SparseJLProjector(grad_dim, proj_dim, seed, device=device)
     if kind == "basic":

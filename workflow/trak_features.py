@@ -17,11 +17,12 @@ from trak.gradient_computers import FunctionalGradientComputer
 from trak.modelout_functions import ImageClassificationModelOutput
 
 from . import checkpoints, h5io, imagesets, projectors
+from .factored import FactoredProjector
 from .models import resolve_device, to_input
 
 log = logging.getLogger(__name__)
-CHECKED_ATTRS = ("proj_dim", "proj_seed", "projector", "device_type", "precision", "model_hash", "n_train",
-                 "n_shards", "checkpoint", "member", "model_id", "grad_dim")
+CHECKED_ATTRS = ("proj_dim", "proj_seed", "projector", "layer_dim", "device_type", "precision", "model_hash",
+                 "n_train", "n_shards", "checkpoint", "member", "model_id", "grad_dim")
 
 
 def model_id(member: int, checkpoint: str, checkpoint_names) -> int:
@@ -48,10 +49,17 @@ def dtype_of(precision: str):
 def setup(model_path, checkpoint: str, member: int, tcfg: dict):
     """(model, projector, attrs) for one checkpoint under the ``trak`` config slice."""
     device = resolve_device(tcfg["device"])
+    if device.type == "cuda" and tcfg["precision"] == "float32":
+        # full float32 on the GPU: no TF32 in convolutions (cuDNN's default) or matmuls,
+        # so GPU features match CPU ones to float32 rounding
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = False
     model = checkpoints.load(model_path, checkpoint, device)
     grad_dim = sum(p.numel() for p in model.parameters())
-    proj = projectors.make(tcfg["projector"], grad_dim, tcfg["proj_dim"], tcfg["proj_seed"], device.type)
+    proj = projectors.make(tcfg["projector"], grad_dim, tcfg["proj_dim"], tcfg["proj_seed"], device.type,
+                           model=model, layer_dim=tcfg.get("layer_dim"))
     attrs = {"proj_dim": int(tcfg["proj_dim"]) if tcfg["projector"] != "noop" else grad_dim,
+             "layer_dim": int(getattr(proj, "layer_dim", None) or 0),   # 0: no per-layer reduction
              "proj_seed": int(tcfg["proj_seed"]), "projector": type(proj).__name__,
              "device_type": device.type, "precision": tcfg["precision"], "model_hash": model_hash(model),
              "checkpoint": checkpoint, "member": int(member), "grad_dim": int(grad_dim),
@@ -69,14 +77,14 @@ def featurize(model_path, data_path, out_path, member: int, checkpoint: str, sha
         n_train = len(f["train/labels"])
     idx = shard_indices(n_train, shard, tcfg["shards"])
     images, labels = imagesets.load_split(data_path, "train", idx)
-    gc = FunctionalGradientComputer(model, ImageClassificationModelOutput(), attrs["grad_dim"], dtype, device)
+    features_of = TrainFeatures(model, proj, attrs["grad_dim"], dtype)
     feats = np.zeros((len(idx), attrs["proj_dim"]), np.float32)
     otl = np.zeros(len(idx), np.float32)
     bs = tcfg["batch_size"]
     for s in tqdm(range(0, len(idx), bs), desc=f"featurize m{member} {checkpoint} shard {shard}", mininterval=10):
         x = to_input(images[s:s + bs]).to(device)
         y = torch.as_tensor(labels[s:s + bs]).to(device)
-        feats[s:s + bs], otl[s:s + bs] = train_features(gc, proj, x, y, attrs["model_id"])
+        feats[s:s + bs], otl[s:s + bs] = features_of(x, y, attrs["model_id"])
     with h5io.atomic_h5(out_path, cfg, shard=int(shard), n_shards=int(tcfg["shards"]), n_train=int(n_train),
                         **attrs) as f:
         f.create_dataset("grads", data=feats)
@@ -109,10 +117,34 @@ def x_xtx_inv(grads: np.ndarray, lambda_reg: float = 0.0):
     return (inv @ x).numpy(), lam
 
 
-def train_features(gc, proj, x, y, model_id: int):
-    """Projected margin gradients [B, k] and out-to-loss terms [B] of one batch."""
-    grads = proj.project(gc.compute_per_sample_grad((x, y)), model_id).float().cpu().numpy()
-    return grads, gc.compute_loss_grad((x, y)).float().cpu().numpy().ravel()
+def margin(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """traker's classification output per example: z_y - logsumexp_{j != y} z_j."""
+    rows = torch.arange(len(labels), device=logits.device)
+    others = logits.clone()
+    others[rows, labels] = -torch.inf
+    return logits[rows, labels] - others.logsumexp(-1)
+
+
+class TrainFeatures:
+    """Projected margin gradients [B, k] and out-to-loss terms 1 - p(y) [B] of a batch:
+    from hooks in one batched pass with the factored projector, else traker's per-example
+    gradients (``FunctionalGradientComputer``) projected by ``proj``."""
+
+    def __init__(self, model, proj, grad_dim: int, dtype=torch.float32):
+        self.model, self.proj = model, proj
+        self.factored = isinstance(proj, FactoredProjector)
+        device = next(model.parameters()).device
+        self.gc = None if self.factored else FunctionalGradientComputer(
+            model, ImageClassificationModelOutput(), grad_dim, dtype, device)
+
+    def __call__(self, x, y, model_id: int):
+        if self.factored:
+            grads, margins = self.proj.featurize(self.model, lambda m, xb: margin(m(xb), y), x, model_id)
+            otl = torch.sigmoid(-margins)          # 1 - softmax(z)_y, since p(y) = sigmoid(margin)
+        else:
+            grads = self.proj.project(self.gc.compute_per_sample_grad((x, y)), model_id)
+            otl = self.gc.compute_loss_grad((x, y))
+        return grads.float().cpu().numpy(), otl.float().cpu().numpy().ravel()
 
 
 def gather(shard_paths, out_path, cfg: dict) -> None:

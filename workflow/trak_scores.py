@@ -22,6 +22,7 @@ from tqdm import tqdm
 from trak.utils import vectorize
 
 from . import h5io, probes
+from .factored import FactoredProjector
 from .models import to_input
 from .probe_function import ProbeOutput, per_example_output
 from .seeding import rng as seeded_rng
@@ -41,20 +42,27 @@ def target_images(probe_set_path, max_targets: int, seed: int, concept: str):
 
 def probe_gradients(model, probe: dict, layer: str, images, proj, model_id: int, batch_size: int):
     """Projected per-example gradients [T, k] of the probe output at ``layer``."""
-    f = per_example_output(model, ProbeOutput(probe, layer, device=next(model.parameters()).device))
-    return target_gradients(model, f, images, proj, model_id, batch_size)
+    fn = ProbeOutput(probe, layer, device=next(model.parameters()).device)
+    return target_gradients(model, fn, images, proj, model_id, batch_size)
 
 
-def target_gradients(model, f, images, proj, model_id: int, batch_size: int):
-    """Projected per-example gradients [T, k] of ``f(params, buffers, x)``, a scalar per image."""
+def target_gradients(model, fn, images, proj, model_id: int, batch_size: int):
+    """Projected per-example gradients [T, k] of the batched output ``fn(model, x) -> [B]``:
+    from hooks with the factored projector, else per example under ``torch.func.vmap``."""
     device = next(model.parameters()).device
-    params = {k: v.detach() for k, v in model.named_parameters()}
-    buffers = {k: v.detach() for k, v in model.named_buffers()}
-    grad_fn = torch.func.vmap(torch.func.grad(f), in_dims=(None, None, 0))
+    factored = isinstance(proj, FactoredProjector)
+    if not factored:
+        params = {k: v.detach() for k, v in model.named_parameters()}
+        buffers = {k: v.detach() for k, v in model.named_buffers()}
+        grad_fn = torch.func.vmap(torch.func.grad(per_example_output(model, fn)), in_dims=(None, None, 0))
     out = []
     for s in range(0, len(images), batch_size):
         x = to_input(images[s:s + batch_size]).to(device)
-        out.append(proj.project(vectorize(grad_fn(params, buffers, x), device=device), model_id).float().cpu())
+        if factored:
+            g = proj.featurize(model, fn, x, model_id)[0]
+        else:
+            g = proj.project(vectorize(grad_fn(params, buffers, x), device=device), model_id)
+        out.append(g.float().cpu())
     return torch.cat(out).numpy()
 
 

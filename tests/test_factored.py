@@ -1,0 +1,163 @@
+"""The factored projector: a linear, seeded map; its hook path equals projecting exact gradients."""
+import numpy as np
+import pytest
+import torch
+from trak.gradient_computers import FunctionalGradientComputer
+from trak.modelout_functions import ImageClassificationModelOutput
+from trak.projectors import AbstractProjector
+from trak.utils import vectorize
+
+from workflow import projectors, trak_scores
+from workflow.factored import FactoredProjector
+from workflow.models import ScalableResNet18
+from workflow.probe_function import ProbeOutput
+from workflow.trak_features import TrainFeatures, margin
+
+
+@pytest.fixture(scope="module")
+def net():
+    """Width-4 ResNet-18 in eval mode with non-trivial BatchNorm statistics and affine terms."""
+    torch.manual_seed(0)
+    model = ScalableResNet18(10, width=4, image_size=32).eval()
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.normal_(0, 0.3)
+                m.running_var.uniform_(0.5, 2.0)
+                m.weight.normal_(1, 0.3)
+                m.bias.normal_(0, 0.3)
+    return model
+
+
+def grad_dim(model):
+    return sum(p.numel() for p in model.parameters())
+
+
+def exact_margin_grads(model, x, y):
+    gc = FunctionalGradientComputer(model, ImageClassificationModelOutput(), grad_dim(model), torch.float32, "cpu")
+    return vectorize(gc.compute_per_sample_grad((x, y)), device="cpu"), gc
+
+
+def batch(n=6, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(n, 3, 32, 32, generator=g), torch.randint(0, 10, (n,), generator=g)
+
+
+def test_is_a_traker_projector_and_a_linear_map(net):
+    p = FactoredProjector(net, 512, 0, layer_dim=256)
+    assert isinstance(p, AbstractProjector)
+    assert p.inner_dim < grad_dim(net) / 5         # the per-layer stage already compresses
+    g, h = torch.randn(4, grad_dim(net)), torch.randn(4, grad_dim(net))
+    torch.testing.assert_close(p.project(g + 2 * h, 0), p.project(g, 0) + 2 * p.project(h, 0), rtol=1e-4, atol=1e-4)
+
+
+def test_hook_path_equals_projecting_the_exact_per_example_gradients(net):
+    x, y = batch()
+    full, _ = exact_margin_grads(net, x, y)
+    for layer_dim in (64, None):   # both sides projected at most weights / every weight exact
+        p = FactoredProjector(net, 256, 3, layer_dim=layer_dim)
+        fast, margins = p.featurize(net, lambda m, xb: margin(m(xb), y), x, model_id=7)
+        torch.testing.assert_close(fast, p.project(full, 7), rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(margins, margin(net(x), y).detach())
+
+
+def test_hook_path_for_a_probe_output_leaves_later_layers_at_zero(net):
+    probe = {"coef": np.linspace(-1, 1, 8), "mean": np.full(8, 0.1), "scale": np.full(8, 2.0), "intercept": 0.5}
+    fn = ProbeOutput(probe, "layer2")
+    images = (np.random.default_rng(0).random((5, 32, 32, 3)) * 255).astype(np.uint8)
+    p = FactoredProjector(net, 128, 0, layer_dim=64)
+    noop = projectors.make("noop", grad_dim(net), 0, 0, "cpu")
+    exact = torch.as_tensor(trak_scores.target_gradients(net, fn, images, noop, 2, batch_size=5))
+    later = [n.startswith(("layer3", "layer4", "fc")) for n, q in net.named_parameters() for _ in range(q.numel())]
+    assert exact[:, torch.tensor(later)].abs().max() == 0 and exact.abs().max() > 0
+    fast = trak_scores.target_gradients(net, fn, images, p, 2, batch_size=3)
+    torch.testing.assert_close(torch.as_tensor(fast), p.project(exact, 2), rtol=1e-4, atol=1e-5)
+
+
+def test_with_exact_layers_it_is_the_sparse_projector(net):
+    """layer_dim None: the same map as SparseJLProjector on the full gradient, without vmap."""
+    x, y = batch(5, seed=3)
+    full, _ = exact_margin_grads(net, x, y)
+    fast, _ = FactoredProjector(net, 512, 4).featurize(net, lambda m, xb: margin(m(xb), y), x, model_id=9)
+    sparse = projectors.SparseJLProjector(grad_dim(net), 512, 4).project(full, 9)
+    torch.testing.assert_close(fast, sparse, rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(fast, projectors.SparseJLProjector(grad_dim(net), 512, 4).project(full, 8))
+
+
+def test_train_features_match_traker_out_to_loss(net):
+    x, y = batch(5, seed=1)
+    _, gc = exact_margin_grads(net, x, y)
+    p = FactoredProjector(net, 64, 0)
+    feats, otl = TrainFeatures(net, p, grad_dim(net))(x, y, 0)
+    assert feats.shape == (5, 64)
+    np.testing.assert_allclose(otl, gc.compute_loss_grad((x, y)).numpy().ravel(), rtol=1e-5, atol=1e-6)
+
+
+def test_seeded_per_seed_and_model_id(net):
+    g = torch.randn(3, grad_dim(net))
+
+    def proj(seed, mid):
+        return FactoredProjector(net, 256, seed, layer_dim=64).project(g, mid)
+
+    torch.testing.assert_close(proj(0, 1), proj(0, 1))
+    assert not torch.allclose(proj(0, 1), proj(0, 2))
+    assert not torch.allclose(proj(0, 1), proj(1, 1))
+
+
+def test_preserves_squared_norms_in_expectation(net):
+    """Over maps (model ids), E ||P g||^2 = ||g||^2 for real per-example gradients."""
+    x, y = batch(4, seed=2)
+    full, _ = exact_margin_grads(net, x, y)
+    p = FactoredProjector(net, 2048, 0, layer_dim=256)
+    ratios = torch.stack([p.project(full, mid).pow(2).sum(1) / full.pow(2).sum(1) for mid in range(60)])
+    assert abs(ratios.mean().item() - 1) < 0.03
+    assert ratios.std().item() < 0.25
+
+
+def test_refuses_unsupported_models_and_training_mode(net):
+    odd = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.GroupNorm(2, 4))
+    with pytest.raises(ValueError, match=r"module '1' \(GroupNorm\) has parameters"):
+        FactoredProjector(odd, 16, 0)
+    with pytest.raises(ValueError, match="grouped convolution"):
+        FactoredProjector(torch.nn.Conv2d(4, 4, 3, groups=2), 16, 0)
+    x, y = batch(2)
+    net.train()
+    try:
+        with pytest.raises(ValueError, match="eval mode"):
+            FactoredProjector(net, 16, 0).featurize(net, lambda m, xb: margin(m(xb), y), x, 0)
+    finally:
+        net.eval()
+
+
+def test_auto_picks_the_factored_projector_where_it_applies(net):
+    assert isinstance(projectors.make("auto", grad_dim(net), 64, 0, "cpu", model=net), FactoredProjector)
+    odd = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.GroupNorm(2, 4))
+    assert isinstance(projectors.make("auto", 100, 64, 0, "cpu", model=odd), projectors.SparseJLProjector)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cpu_and_gpu_agree(net):
+    x, y = batch(8)
+    cpu = FactoredProjector(net, 512, 3, layer_dim=64).featurize(net, lambda m, xb: margin(m(xb), y), x, 5)[0]
+    gnet = ScalableResNet18(10, width=4, image_size=32).eval().cuda()
+    gnet.load_state_dict(net.state_dict())
+    yc = y.cuda()
+    with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):   # as trak_features.setup on cuda
+        gpu = FactoredProjector(gnet, 512, 3, device="cuda", layer_dim=64).featurize(
+            gnet, lambda m, xb: margin(m(xb), yc), x.cuda(), 5)[0].cpu()
+    torch.testing.assert_close(cpu, gpu, rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_probe_target_gradients_on_cpu_and_gpu_agree(net):
+    probe = {"coef": np.linspace(-1, 1, 16), "mean": np.full(16, 0.1), "scale": np.full(16, 2.0), "intercept": 0.5}
+    images = (np.random.default_rng(1).random((6, 32, 32, 3)) * 255).astype(np.uint8)
+    cpu = trak_scores.target_gradients(net, ProbeOutput(probe, "layer3"), images, FactoredProjector(net, 256, 1), 4, 3)
+    gnet = ScalableResNet18(10, width=4, image_size=32).eval().cuda()
+    gnet.load_state_dict(net.state_dict())
+    with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
+        gpu = trak_scores.target_gradients(gnet, ProbeOutput(probe, "layer3", device="cuda"), images,
+                                           FactoredProjector(gnet, 256, 1, device="cuda"), 4, 3)
+    np.testing.assert_allclose(gpu, cpu, rtol=1e-3, atol=1e-4)
