@@ -6,7 +6,9 @@ On a model small enough to hold exact per-example gradients (ResNet-18 at width 
 ~44k parameters; the exact side is solved in n x n form), runs the workflow's own stages on a small synthetic instance (data,
 2 members x 2 checkpoints, probes, featurize, gather, score) once with the no-op
 projector (exact gradients) and once per (projector, proj_dim) for the sparse JL
-projector and traker's dense Gaussian BasicProjector at proj_dim 512 and 2048. For each
+projector, traker's dense Gaussian BasicProjector and the factored projector (exact per-layer
+gradients: the sparse map, computed from hooks; and with layer_dim 256, which reduces each
+weight of this width-4 model as layer_dim 4096 does at width 16) at proj_dim 512 and 2048. For each
 concept at its location it prints, against the unprojected scores:
   spearman   rank correlation over all (target, train image) pairs
   top100     overlap of the 100 highest-scored training images per target (mean share)
@@ -30,7 +32,15 @@ from workflow import activations, data, h5io, probes, summary, train, trak_featu
 
 CONCEPTS = [{"name": "curved", "kind": "classes", "classes": [0, 1, 2, 3]}, {"name": "hilo", "kind": "planted"}]
 LAYERS = ["stem", "layer1", "layer2", "layer3", "layer4"]
-METHODS = [("noop", 0), ("sparse", 512), ("basic", 512), ("sparse", 2048), ("basic", 2048)]
+# (projector, proj_dim, layer_dim): layer_dim 256 at width 4 reduces each weight as
+# layer_dim 4096 does at width 16 (channel counts 4x smaller, weights 16x)
+METHODS = [("noop", 0, None)] + [(p, k, f) for k in (512, 2048)
+                                  for p, f in (("sparse", None), ("basic", None), ("factored", None),
+                                               ("factored", 256))]
+
+
+def label(projector: str, layer_dim) -> str:
+    return f"{projector}_l{layer_dim}" if layer_dim else projector
 
 
 def spearman(a: np.ndarray, b: np.ndarray) -> float:
@@ -70,13 +80,15 @@ def prepare(d: Path, n_train: int, width: int, members: int, seed: int = 0) -> d
     return locations
 
 
-def scores_with(d: Path, projector: str, proj_dim: int, members: int, locations: dict, seed: int = 0) -> dict:
+def scores_with(d: Path, projector: str, proj_dim: int, layer_dim, members: int, locations: dict,
+                seed: int = 0) -> dict:
     ckpts = ["epoch_0003", "final"]
-    tcfg = {"proj_dim": proj_dim or 1, "proj_seed": 0, "projector": projector, "device": "cpu",
+    tcfg = {"proj_dim": proj_dim or 1, "proj_seed": 0, "projector": projector, "layer_dim": layer_dim,
+            "device": "cpu",
             "precision": "float32", "shards": 1, "batch_size": 32, "checkpoints": ckpts, "lambda_reg": 0.1,
             "max_targets": 40, "top_fraction": 0.08}
     cfg = {"seed": seed, "trak": tcfg, "members": list(range(members))}
-    tag = f"{projector}_{proj_dim}"
+    tag = f"{projector}_{proj_dim}_{layer_dim}"
     feats = {}
     for m in range(members):
         for ck in ckpts:
@@ -109,26 +121,28 @@ def main() -> None:
         print(f"prepared {a.members} models (width {a.width}) on {a.n_train} images in {time.time() - t0:.0f}s; "
               f"locations {locations}", flush=True)
         results = {}
-        for projector, k in METHODS:
+        for projector, k, fd in METHODS:
             t = time.time()
-            results[(projector, k)] = scores_with(d, projector, k, a.members, locations)
-            print(f"  {projector:<6} {k or 'exact':>5}: {time.time() - t:.0f}s", flush=True)
-        exact = results[("noop", 0)]
-        print(f"\n{'concept':<8} {'layer':<7} {'projector':<9} {'dim':>5} {'spearman':>9} {'top100':>7} {'enrich':>7}")
-        for (projector, k), res in results.items():
+            results[(projector, k, fd)] = scores_with(d, projector, k, fd, a.members, locations)
+            print(f"  {label(projector, fd):<13} {k or 'exact':>5}: {time.time() - t:.0f}s", flush=True)
+        exact = results[METHODS[0]]
+        print(f"\n{'concept':<8} {'layer':<7} {'projector':<13} {'dim':>5} {'spearman':>9} {'top100':>7} {'enrich':>7}")
+        for (projector, k, fd), res in results.items():
             for name, r in res.items():
-                row = {"concept": name, "layer": locations[name], "projector": projector, "proj_dim": k or None,
+                row = {"concept": name, "layer": locations[name], "projector": label(projector, fd),
+                       "proj_dim": k or None,
                        "spearman": spearman(r["per_target"].ravel(), exact[name]["per_target"].ravel()),
                        "top100_overlap": top_overlap(r["per_target"], exact[name]["per_target"]),
                        "enrichment": r["enrichment"]}
                 rows.append(row)
-                print(f"{name:<8} {row['layer']:<7} {projector:<9} {str(k or 'exact'):>5} {row['spearman']:9.3f} "
+                print(f"{name:<8} {row['layer']:<7} {row['projector']:<13} {str(k or 'exact'):>5} {row['spearman']:9.3f} "
                       f"{row['top100_overlap']:7.3f} {row['enrichment']:7.2f}")
     for name in locations:
         for k in (512, 2048):
             s = {r["projector"]: r["spearman"] for r in rows if r["concept"] == name and r["proj_dim"] == k}
-            print(f"{name} proj_dim {k}: sparse - basic Spearman = {s['sparse'] - s['basic']:+.3f} "
-                  f"(target: not below -0.02)")
+            for ours in (p for p in s if p != "basic"):
+                print(f"{name} proj_dim {k}: {ours} - basic Spearman = {s[ours] - s['basic']:+.3f} "
+                      f"(target: not below -0.02)")
     if a.json:
         a.json.write_text(json.dumps(rows, indent=2))
 
