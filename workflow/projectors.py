@@ -1,11 +1,13 @@
 """Gradient projectors for TRAK, all traker ``AbstractProjector``s.
 
-``sparse`` (default on CPU): a sparse Johnson-Lindenstrauss transform. Every gradient
+``sparse``: a sparse Johnson-Lindenstrauss transform of per-example gradients. Every gradient
 coordinate is hashed to ``s`` output buckets with random signs (scaled 1/sqrt(s)), so
 projecting costs O(s * grad_dim) per example and no grad_dim x proj_dim matrix is ever
 formed. The hash is drawn on the CPU from (seed, model_id), so CPU and GPU apply the
 same map. ``basic``: traker's dense Gaussian BasicProjector (slow on CPU). ``cuda``:
 traker's CudaProjector (needs the fast_jl kernel). ``noop``: no projection (tests).
+``factored`` (``factored.py``, the default through ``auto``): the same sparse map applied
+to per-layer gradients from hooks, without per-example full gradients.
 """
 from __future__ import annotations
 
