@@ -37,10 +37,21 @@ from .projectors import SparseJLProjector
 SUPPORTED = (nn.Conv2d, nn.Linear, nn.BatchNorm2d)
 
 
+def unsupported(model: nn.Module):
+    """Why the factored projector cannot handle ``model`` (the first offending module), or None."""
+    for name, m in model.named_modules():
+        if not list(m.parameters(recurse=False)):
+            continue
+        if not isinstance(m, SUPPORTED):
+            return (f"module {name!r} ({type(m).__name__}) has parameters; supported are Conv2d, Linear, "
+                    f"BatchNorm2d (use trak.projector: sparse)")
+        if getattr(m, "groups", 1) != 1:
+            return f"{name or 'the model'} is a grouped convolution (groups={m.groups})"
+    return None
+
+
 def supports(model: nn.Module) -> bool:
-    """Whether every module with parameters is one the factored projector handles."""
-    return all(isinstance(m, SUPPORTED) and getattr(m, "groups", 1) == 1
-               for m in model.modules() if list(m.parameters(recurse=False)))
+    return unsupported(model) is None
 
 
 def _rademacher(gen, rows: int, cols: int) -> torch.Tensor:
@@ -73,8 +84,6 @@ class _Layer:
             self.d_out = None
             self.sizes = self.full_sizes = [module.num_features] * 2 if module.affine else []
             return
-        if isinstance(module, nn.Conv2d) and module.groups != 1:
-            raise ValueError(f"factored projector: {name} is a grouped convolution (groups={module.groups})")
         w = module.weight
         self.c_out, self.c_in = w.shape[0], w[0].numel()
         self.d_out, self.d_in = split_budget(self.c_out, self.c_in, layer_dim)
@@ -133,14 +142,14 @@ class FactoredProjector(AbstractProjector):
         self.proj_dim, self.seed, self.proj_type = int(proj_dim), int(seed), proj_type
         self.device = torch.device(device)
         self.layer_dim = None if layer_dim is None else int(layer_dim)
+        why = unsupported(model)
+        if why:
+            raise ValueError(f"factored projector: {why}")
         self.layers, names = [], []
         for name, module in model.named_modules():
             own = [f"{name}.{p}" if name else p for p, _ in module.named_parameters(recurse=False)]
             if not own:
                 continue
-            if not isinstance(module, SUPPORTED):
-                raise ValueError(f"factored projector: module {name!r} ({type(module).__name__}) has parameters; "
-                                 f"supported are Conv2d, Linear, BatchNorm2d (use trak.projector: sparse)")
             self.layers.append(_Layer(name, module, self.layer_dim))
             names += own
         if names != [n for n, _ in model.named_parameters()]:

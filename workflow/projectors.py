@@ -43,8 +43,6 @@ class SparseJLProjector(AbstractProjector):
     def project(self, grads, model_id: int) -> torch.Tensor:
         if isinstance(grads, dict):
             grads = vectorize(grads, device=self.device)
-        if grads.shape[1] != self.grad_dim:
-            raise ValueError(f"gradient has {grads.shape[1]} coordinates, projector expects {self.grad_dim}")
         return self.project_parts([grads], model_id)
 
     def project_parts(self, parts, model_id: int) -> torch.Tensor:
@@ -52,6 +50,9 @@ class SparseJLProjector(AbstractProjector):
         without forming the concatenation. On the CPU it works in column blocks of CHUNK
         coordinates, transposed so each scatter adds contiguous rows of B values: about 5x
         faster than one pass over the whole gradient (cache-sized temporaries)."""
+        n = sum(part.shape[1] for part in parts)
+        if n != self.grad_dim:
+            raise ValueError(f"gradient has {n} coordinates, projector expects {self.grad_dim}")
         buckets, signs = self._hash(model_id)
         out = torch.zeros(self.proj_dim, parts[0].shape[0], device=self.device, dtype=self.dtype)
         start = 0
@@ -64,8 +65,6 @@ class SparseJLProjector(AbstractProjector):
                 for j in range(self.s):
                     out.index_add_(0, buckets[j, cols], block * signs[j, cols, None])
             start += part.shape[1]
-        if start != self.grad_dim:
-            raise ValueError(f"gradient has {start} coordinates, projector expects {self.grad_dim}")
         return out.T.contiguous()
 
     def free_memory(self):
