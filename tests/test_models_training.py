@@ -91,6 +91,8 @@ def test_training_on_cuda_learns_like_cpu(tmp_path):
         model = checkpoints.load(tmp_path / f"m_{device}.h5")          # loads on the CPU
         assert next(model.parameters()).device.type == "cpu"
         assert checkpoints.names(tmp_path / f"m_{device}.h5") == ["epoch_0002", "epoch_0004", "epoch_0006", "final"]
-    # a hard task for 400 images: the loss falls from log(10) = 2.30 (CPU: 2.06) and the GPU run follows the CPU one
+    # a hard task for 400 images: the loss falls from log(10) = 2.30 (CPU: 2.09), and the GPU run learns at least as
+    # well as the CPU one. GPU training is not deterministic: six H100 runs ended at 1.83 to 2.07, so only a GPU run
+    # clearly worse than the CPU one fails.
     assert metrics["cuda"]["final_loss"] < np.log(10) - 0.15
-    assert abs(metrics["cuda"]["final_loss"] - metrics["cpu"]["final_loss"]) < 0.1
+    assert metrics["cuda"]["final_loss"] < metrics["cpu"]["final_loss"] + 0.1
