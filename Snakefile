@@ -1,24 +1,25 @@
 # concept-attribution: which training images taught a network a concept at a layer?
-# Stages (../shared/SPEC.md): data -> train -> activations -> probes -> summary
-#                             -> TRAK featurize (sharded) -> gather -> score -> trak_report
-#                             -> ablate -> train/activations/probes again per condition
-#                             -> compare -> report_html.
-import sys
+# Stages (docs/method.md): data -> train -> activations -> probes -> summary
+#                          -> TRAK featurize (sharded) -> gather -> score -> trak_report
+#                          -> ablate -> train/activations/probes again per condition
+#                          -> compare -> report_html.
+# The workflow package must be installed (`make venv` does it: pip install -e .).
+import yaml
 
-sys.path.insert(0, workflow.basedir)
-
-from snakemake.utils import min_version, validate
-from workflow.config import check as check_config
+from snakemake.utils import min_version
+from workflow.config import merge, resolve
 
 min_version("9.0")
 
-
-configfile: "config.yaml"
-
-
-# One-line errors naming the key or path, before any job starts; then fill defaults.
-check_config(config, f"{workflow.basedir}/config/schema.yaml")
-validate(config, "config/schema.yaml", set_default=True)
+# The demo's config.yaml is used only when no --configfile is given: a user's config is
+# never completed from the demo's values, only from the schema's defaults. --config
+# overrides apply on top either way.
+if not workflow.config_settings.configfiles:
+    config.update(merge(yaml.safe_load(open(f"{workflow.basedir}/config.yaml")), dict(config)))
+# One-line errors naming the key or path, before any job starts; then the schema's defaults.
+_resolved = resolve(config)
+config.clear()
+config.update(_resolved)
 
 
 include: "rules/common.smk"

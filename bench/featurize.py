@@ -6,7 +6,7 @@ For ResNet-18 at 32x32 (widths 16 and 64) and proj_dim 512 / 2048, prints ms per
   floor          batched forward + backward of the mean loss (no per-example work)
   stock          traker's TRAKer.featurize (on cpu: BasicProjector, dense Gaussian blocks;
                  on cuda: its CudaProjector if fast_jl is installed, else BasicProjector)
-  sparse         traker's per-example gradients (torch.func.vmap) + our SparseJLProjector
+  sparse         per-example gradients (torch.func.vmap) + our SparseJLProjector
   factored       our FactoredProjector: per-layer gradients from hooks, hashed by the same
                  sparse JL map (the pipeline's default, trak.projector auto)
   factored_l4096 the same with trak.layer_dim 4096 (Kronecker reduction of large weights)
@@ -18,21 +18,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from trak import TRAKer
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from trak import TRAKer  # noqa: E402
-
-from workflow.factored import FactoredProjector  # noqa: E402
-from workflow.models import ScalableResNet18  # noqa: E402
-from workflow.projectors import SparseJLProjector  # noqa: E402
-from workflow.trak_features import TrainFeatures  # noqa: E402
+from workflow.attribution.features import train_features
+from workflow.attribution.projection import factory
+from workflow.model.resnet import ScalableResNet18
 
 
 def sync():
@@ -61,13 +57,13 @@ def floor(model, x, y, bs):
     return timed(run, len(x))
 
 
-def ours(model, x, y, bs, proj):
-    """The pipeline's per-batch featurization (trak_features.TrainFeatures) with ``proj``."""
-    features_of = TrainFeatures(model, proj, sum(p.numel() for p in model.parameters()))
+def ours(model, x, y, bs, kind, proj_dim, layer_dim=None):
+    """The pipeline's per-batch featurization (``features.train_features``) with projector ``kind``."""
+    grads = factory.make(kind, model, proj_dim, 0, x.device.type, layer_dim=layer_dim)
 
     def run():
         for s in range(0, len(x), bs):
-            features_of(x[s:s + bs], y[s:s + bs], 0)
+            train_features(model, grads, x[s:s + bs], y[s:s + bs], 0)
     return timed(run, len(x))
 
 
@@ -101,17 +97,15 @@ def main(argv=None):
     print(f"{'width':>5} {'proj':>5} {'method':>14} {'ms/img':>9} {'x floor':>8} {'vs stock':>9}")
     for width in a.widths:
         model = ScalableResNet18(10, width=width, image_size=32).eval().to(dev)
-        grad_dim = sum(p.numel() for p in model.parameters())
         x = torch.rand(a.images, 3, 32, 32, device=dev)
         y = torch.randint(0, 10, (a.images,), device=dev)
         base = floor(model, x, y, a.batch_size)
         for proj_dim in a.proj_dims:
             ms = {"floor": base,
                   "stock": stock(model, x[:a.stock_images], y[:a.stock_images], a.batch_size, proj_dim),
-                  "sparse": ours(model, x, y, a.batch_size, SparseJLProjector(grad_dim, proj_dim, 0, device=dev)),
-                  "factored": ours(model, x, y, a.batch_size, FactoredProjector(model, proj_dim, 0, device=dev)),
-                  "factored_l4096": ours(model, x, y, a.batch_size,
-                                         FactoredProjector(model, proj_dim, 0, device=dev, layer_dim=4096))}
+                  "sparse": ours(model, x, y, a.batch_size, "sparse", proj_dim),
+                  "factored": ours(model, x, y, a.batch_size, "factored", proj_dim),
+                  "factored_l4096": ours(model, x, y, a.batch_size, "factored", proj_dim, layer_dim=4096)}
             for method, v in ms.items():
                 row = {"width": width, "proj_dim": proj_dim, "method": method, "ms_per_image": round(v, 3),
                        "ratio_to_floor": round(v / base, 2), "speedup_vs_stock": round(ms["stock"] / v, 2)}

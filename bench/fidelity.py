@@ -20,15 +20,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from workflow import activations, data, h5io, probes, summary, train, trak_features, trak_scores  # noqa: E402
+from workflow import artifacts, runtime
+from workflow.attribution import features as trak_features
+from workflow.attribution import scores as trak_scores
+from workflow.config import schema, with_defaults
+from workflow.data import build as data
+from workflow.model import train
+from workflow.probing import activations, probes, summary
 
 CONCEPTS = [{"name": "curved", "kind": "classes", "classes": [0, 1, 2, 3]}, {"name": "hilo", "kind": "planted"}]
 LAYERS = ["stem", "layer1", "layer2", "layer3", "layer4"]
@@ -61,21 +65,22 @@ def prepare(d: Path, n_train: int, width: int, members: int, seed: int = 0) -> d
     data.build_base(cfg, d / "base.h5")
     for c in CONCEPTS:
         data.build_probe_set(cfg, c, d / "base.h5", d / f"probe_{c['name']}.h5")
-    tcfg = {"seed": seed, "model": {"width": width},
-            "train": {"epochs": 6, "batch_size": 64, "lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4,
-                      "augment_shift": 2, "augment_flip": True, "checkpoint_every": 3, "device": "cpu"}}
+    tcfg = with_defaults({"seed": seed, "model": {"width": width},
+                          "train": {"epochs": 6, "batch_size": 64, "lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4,
+                                    "augment_shift": 2, "augment_flip": True, "checkpoint_every": 3,
+                                    "device": "cpu"}}, schema())
     pcfg = {"seed": seed, "layers": LAYERS, "activations": {"batch_size": 256, "device": "cpu"},
             "probes": {"Cs": [0.1, 1.0], "max_iter": 1000, "sparsity_threshold": 0.95, "path_points": 4,
                        "path_span": 100.0}, "members": list(range(members))}
     locations = {}
     for m in range(members):
-        train.train_member(d / "base.h5", d / f"m{m}.h5", m, tcfg, threads=2)
+        train.train_member(d / "base.h5", d / f"m{m}.h5", m, tcfg)
     for c in CONCEPTS:
         name = c["name"]
         for m in range(members):
-            activations.extract(d / f"m{m}.h5", d / f"probe_{name}.h5", d / f"act_{name}_{m}.h5", pcfg, threads=2)
+            activations.extract(d / f"m{m}.h5", d / f"probe_{name}.h5", d / f"act_{name}_{m}.h5", pcfg)
         probes.fit_concept(d / f"probe_{name}.h5", {m: d / f"act_{name}_{m}.h5" for m in range(members)},
-                           d / f"probes_{name}.h5", pcfg)
+                           d / f"probes_{name}.h5", pcfg, name)
         locations[name] = summary.summarise({name: d / f"probes_{name}.h5"})[name]["location"]
     return locations
 
@@ -93,16 +98,16 @@ def scores_with(d: Path, projector: str, proj_dim: int, layer_dim, members: int,
     for m in range(members):
         for ck in ckpts:
             shard = d / f"feat_{tag}_{m}_{ck}_0.h5"
-            trak_features.featurize(d / f"m{m}.h5", d / "base.h5", shard, m, ck, 0, cfg, threads=2)
+            trak_features.featurize(d / f"m{m}.h5", d / "base.h5", shard, m, ck, 0, cfg)
             feats[(m, ck)] = d / f"feat_{tag}_{m}_{ck}.h5"
             trak_features.gather([shard], feats[(m, ck)], cfg)
     out = {}
     for name, layer in locations.items():
         path, js = d / f"scores_{tag}_{name}.h5", d / f"scores_{tag}_{name}.json"
         trak_scores.score(name, layer, d / f"probe_{name}.h5", d / f"probes_{name}.h5",
-                          {k: d / f"m{k[0]}.h5" for k in feats}, feats, path, js, cfg, threads=2)
-        with h5io.read(path) as f:
-            out[name] = {"per_target": f["per_target"][()], "enrichment": json.loads(js.read_text())["enrichment"]}
+                          {m: d / f"m{m}.h5" for m in range(members)}, feats, path, js, cfg)
+        out[name] = {"per_target": artifacts.per_target_scores(path)[0],
+                     "enrichment": artifacts.read_json(js)["enrichment"]}
     return out
 
 
@@ -113,6 +118,7 @@ def main() -> None:
     p.add_argument("--width", type=int, default=4)
     p.add_argument("--members", type=int, default=2)
     a = p.parse_args()
+    runtime.configure(2, uses_torch=True)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         d = Path(tmp)

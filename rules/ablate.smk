@@ -1,14 +1,17 @@
 # Stage 7: the ablated training set of every non-base condition (top-k, random, oracle).
 
+ABLATION = f"{RESULTS}/ablation/{{condition}}.h5"
+
 
 rule ablate:
     input:
-        ablate_inputs,
+        unpack(inputs(ablate_inputs)),
     output:
-        f"{RESULTS}/ablation/{{condition}}.h5",
+        ablation=ABLATION,
     params:
         cfg=lambda w: as_json(ablation_params(w.condition)),
-        code=code_digest("ablation", "summary", "probes", "h5io", "seeding"),
+        files=stage_files(ablate_inputs, {"ablation": ABLATION}),
+        code=code_digest("ablate"),
     resources:
         **rule_resources("ablate"),
     log:
@@ -16,5 +19,4 @@ rule ablate:
     conda:
         "../envs/sklearn.yaml"
     shell:
-        "python -m workflow ablate --params {params.cfg:q} --condition {wildcards.condition} "
-        "--input {input:q} --output {output:q} > {log:q} 2>&1"
+        stage_cmd("ablate")

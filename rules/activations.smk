@@ -1,15 +1,18 @@
 # Stage 3: pooled activations, one job per (condition, member, probe set).
 
+ACTIVATIONS = f"{RESULTS}/{{condition}}/activations/m{{member}}/{{concept}}.h5"
+ACTIVATION_INPUTS = {"model": MODEL, "probe_set": PROBE_SET}
+
 
 rule activations:
     input:
-        model=f"{RESULTS}/{{condition}}/models/m{{member}}.h5",
-        images=f"{RESULTS}/data/probe_{{concept}}.h5",
+        unpack(inputs(ACTIVATION_INPUTS)),
     output:
-        f"{RESULTS}/{{condition}}/activations/m{{member}}/{{concept}}.h5",
+        activations=ACTIVATIONS,
     params:
         cfg=lambda w: as_json(activation_params()),
-        code=code_digest("activations", "models", "checkpoints", "h5io"),
+        files=stage_files(ACTIVATION_INPUTS, {"activations": ACTIVATIONS}),
+        code=code_digest("activations"),
     threads: config["threads"]["activations"]
     resources:
         **rule_resources("activations", device=config["activations"]["device"]),
@@ -18,5 +21,4 @@ rule activations:
     conda:
         "../envs/torch.yaml"
     shell:
-        "python -m workflow activations --params {params.cfg:q} --threads {threads} "
-        "--input {input.model:q} {input.images:q} --output {output:q} > {log:q} 2>&1"
+        stage_cmd("activations")

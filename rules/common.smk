@@ -1,13 +1,15 @@
-# Shared helpers: paths, config slices (passed as params so an edit reruns exactly
-# the affected jobs) and the command that runs a stage of the workflow package.
+# Shared helpers: paths, config slices (passed as params so an edit reruns exactly the
+# affected jobs), code digests, and the one way a rule hands its files to its stage.
 import json
-import os
 import re
+import sys
+import os
+import string
 
 from snakemake.settings.types import DeploymentMethod
-from workflow.ablation import conditions as ablation_conditions
+from workflow.ablation.sets import conditions as ablation_conditions
 from workflow.config import dataset_slice
-from workflow.provenance import code_digest
+from workflow.provenance import stage_digest
 
 RESULTS = f"results/{config['experiment']}"
 LOGS = f"logs/{config['experiment']}"
@@ -28,11 +30,9 @@ wildcard_constraints:
     member=r"\d+",
     condition="|".join(map(re.escape, CONDITIONS)),
 
-# Jobs run `python -m workflow <stage>`: make the package importable and, unless
-# --use-conda supplies each rule's own python, put this interpreter first on PATH.
-# (Environment variables set here reach local jobs and, since cluster jobs re-read
-# the Snakefile, jobs on SLURM too.)
-os.environ.update(PYTHONPATH=os.pathsep.join(filter(None, [workflow.basedir, os.getenv("PYTHONPATH")])))
+# Jobs run `python -m workflow <stage>` from the installed package. Unless --use-conda
+# supplies each rule's own python, put this interpreter first on PATH so jobs use the
+# environment Snakemake runs in (also on SLURM, where jobs re-read this file).
 if DeploymentMethod.CONDA not in workflow.deployment_settings.deployment_method:
     os.environ.update(PATH=os.pathsep.join([os.path.dirname(sys.executable), os.getenv("PATH", "")]))
 
@@ -40,6 +40,80 @@ if DeploymentMethod.CONDA not in workflow.deployment_settings.deployment_method:
 def as_json(obj):
     """Canonical JSON of a config slice (stable key order: no spurious reruns)."""
     return json.dumps(obj, sort_keys=True)
+
+
+# -- files by name ----------------------------------------------------------------------------
+# A rule's files form a tree: a name maps to a path, or to a dict keyed by what its files
+# differ in (member, checkpoint, concept, layer, condition). Snakemake gets the tree
+# flattened (a list per name); the stage gets the same tree as JSON (--files), so no file
+# is ever found by its position in a list.
+
+
+class _Keep(dict):
+    def __missing__(self, key):
+        return f"{{{key}}}"
+
+
+def partial(pattern, **values):
+    """Fill some wildcards of ``pattern`` and keep the others, e.g. {condition}."""
+    return string.Formatter().vformat(pattern, (), _Keep(values))
+
+
+def keyed(pattern, **axes):
+    """{value: path} over one axis, nested in the order given for several:
+    keyed(p, member=[0, 1], ckpt=["final"]) -> {"0": {"final": ...}, "1": {"final": ...}}."""
+    (name, values), *rest = axes.items()
+    return {str(v): keyed(partial(pattern, **{name: v}), **dict(rest)) if rest else partial(pattern, **{name: v})
+            for v in values}
+
+
+def leaves(tree):
+    if isinstance(tree, dict):
+        return [p for v in tree.values() for p in leaves(v)]
+    return [tree]
+
+
+def fill(tree, w):
+    """Every path of ``tree`` with the job's wildcards filled in."""
+    if isinstance(tree, dict):
+        return {k: fill(v, w) for k, v in tree.items()}
+    return tree.format(**dict(w.items()))
+
+
+def flat(tree):
+    """The tree as Snakemake's named files: a path, or a list of paths, per name."""
+    return {name: sub if isinstance(sub, str) else leaves(sub) for name, sub in tree.items()}
+
+
+def tree_of(spec, w):
+    return spec(w) if callable(spec) else fill(spec, w)
+
+
+def inputs(spec):
+    """``input: unpack(inputs(spec))`` for a tree or a function of the wildcards returning one."""
+    return lambda w: flat(tree_of(spec, w))
+
+
+def stage_files(inputs_spec, outputs_tree):
+    """``params: files=...``: the job's files as a tree, with its wildcards."""
+    def files(w):
+        return json.dumps({"input": tree_of(inputs_spec, w), "output": fill(outputs_tree, w),
+                           "wildcards": dict(w.items())})
+    return files
+
+
+def stage_cmd(stage):
+    """The shell command of a rule: its stage, config slice, files, threads and log."""
+    return (f"python -m workflow {stage} --params {{params.cfg:q}} --files {{params.files:q}} "
+            f"--threads {{threads}} --log {{log:q}}")
+
+
+def code_digest(stage):
+    """The digest of the code ``stage`` runs (its import closure): a code edit reruns its jobs."""
+    return stage_digest(stage)
+
+
+# -- config slices ----------------------------------------------------------------------------
 
 
 def data_params():
@@ -67,9 +141,10 @@ def trak_params(*keys):
     """The named keys of config["trak"]; layer_dim only where the factored projector
     can be chosen, so editing it reruns nothing else."""
     t = config["trak"]
-    if t["projector"] not in ("factored", "auto"):
-        keys = tuple(k for k in keys if k != "layer_dim")
-    return {"seed": config["seed"], "trak": {k: t[k] for k in keys}}
+    keys = tuple(k for k in keys if k != "layer_dim" or t["projector"] in ("factored", "auto"))
+    out = {"seed": config["seed"], "trak": {k: t[k] for k in keys}}
+    out["trak"].setdefault("layer_dim", None)  # the stage reads it; absent means unused
+    return out
 
 
 FEATURIZE_KEYS = ("proj_dim", "proj_seed", "projector", "layer_dim", "device", "shards", "precision",
@@ -79,47 +154,43 @@ FEATURIZE_KEYS = ("proj_dim", "proj_seed", "projector", "layer_dim", "device", "
 def ablation_params(condition):
     """Only what decides this condition's removed set: a fraction edit reruns top-k and
     random sets, not the oracle."""
-    spec, a = ABLATIONS[condition], config["ablation"]
+    design, a = ABLATIONS[condition], config["ablation"]
     size = {"fraction": a["fraction"], "top_k": a["top_k"]}
-    if spec["kind"] == "top":
-        return {"spec": spec, **size, "layers": LAYERS if spec["layer"] == "location" else [spec["layer"]]}
-    if spec["kind"] == "random":
-        return {"spec": spec, **size, "seed": config["seed"]}
-    return {"spec": spec}
+    if design["kind"] == "top":
+        return {"design": design, **size, "layers": LAYERS if design["layer"] == "location" else [design["layer"]]}
+    if design["kind"] == "random":
+        return {"design": design, **size, "seed": config["seed"]}
+    return {"design": design}
 
 
 def rule_resources(family, device=None):
     """Memory (MB) and wall time (min) of a rule family from config["resources"] (its own
     entry over "default"), and one GPU when the stage's device is cuda. CPU rules ask for
     no GPU at all. On SLURM the plugin turns these into --mem, -t and --gpus."""
-    r = {"mem_mb": 4000, "runtime": 60, **config["resources"].get("default", {}),
-         **config["resources"].get(family, {})}
+    r = {**config["resources"]["default"], **config["resources"].get(family, {})}
     out = {"mem_mb": r["mem_mb"], "runtime": r["runtime"]}
     if device == "cuda":
         out["gpu"] = 1
     return out
 
 
-# Input functions of the rules (lint: functions live here, rules in their own files).
+# -- input functions (lint: functions live here, rules in their own files) --------------------
 
 
 def train_inputs(w):
-    data = [f"{RESULTS}/data/base.h5"]
-    return data if w.condition == "base" else data + [f"{RESULTS}/ablation/{w.condition}.h5"]
+    files = {"data": BASE}
+    if w.condition != "base":
+        files["ablation"] = f"{RESULTS}/ablation/{w.condition}.h5"
+    return files
 
 
 def ablate_inputs(w):
-    spec = ABLATIONS[w.condition]
-    inputs = [f"{RESULTS}/data/base.h5"]
-    if spec["kind"] == "top":
-        layers = LAYERS if spec["layer"] == "location" else [spec["layer"]]
-        inputs.append(f"{RESULTS}/base/probes/{spec['concept']}.h5")  # the location
-        inputs += [f"{RESULTS}/base/trak/scores/{spec['concept']}/{layer}.h5" for layer in layers]
-    elif spec["kind"] == "oracle":
-        inputs.append(f"{RESULTS}/data/probe_{spec['concept']}.h5")  # the ground truth
-    return inputs
-
-
-def named(files):
-    """Named inputs/outputs as plain JSON (str or list of str per name)."""
-    return {k: v if isinstance(v, str) else list(v) for k, v in files.items()}
+    design = ABLATIONS[w.condition]
+    files = {"data": BASE}
+    if design["kind"] == "top":
+        layers = LAYERS if design["layer"] == "location" else [design["layer"]]
+        files["probes"] = f"{RESULTS}/base/probes/{design['concept']}.h5"  # the location
+        files["scores"] = keyed(f"{RESULTS}/base/trak/scores/{design['concept']}/{{layer}}.h5", layer=layers)
+    elif design["kind"] == "oracle":
+        files["probe_set"] = f"{RESULTS}/data/probe_{design['concept']}.h5"  # the ground truth
+    return files

@@ -1,12 +1,16 @@
 # Stage 1: base train/test sets and one probe set per concept.
 
+BASE = f"{RESULTS}/data/base.h5"
+PROBE_SET = f"{RESULTS}/data/probe_{{concept}}.h5"
+
 
 rule base_data:
     output:
-        f"{RESULTS}/data/base.h5",
+        data=BASE,
     params:
         cfg=lambda w: as_json(data_params()),
-        code=code_digest("data", "datasets", "h5io", "seeding"),
+        files=stage_files({}, {"data": BASE}),
+        code=code_digest("base"),
     resources:
         **rule_resources("data"),
     log:
@@ -14,17 +18,18 @@ rule base_data:
     conda:
         "../envs/torch.yaml"
     shell:
-        "python -m workflow base --params {params.cfg:q} --output {output:q} > {log:q} 2>&1"
+        stage_cmd("base")
 
 
 rule probe_set:
     input:
-        f"{RESULTS}/data/base.h5",
+        unpack(inputs({"base": BASE})),
     output:
-        f"{RESULTS}/data/probe_{{concept}}.h5",
+        probe_set=PROBE_SET,
     params:
         cfg=lambda w: as_json(concept_params(w.concept)),
-        code=code_digest("data", "datasets", "h5io", "seeding"),
+        files=stage_files({"base": BASE}, {"probe_set": PROBE_SET}),
+        code=code_digest("probe-set"),
     resources:
         **rule_resources("data"),
     log:
@@ -32,5 +37,4 @@ rule probe_set:
     conda:
         "../envs/torch.yaml"
     shell:
-        "python -m workflow probe-set --params {params.cfg:q} --concept {wildcards.concept} "
-        "--input {input:q} --output {output:q} > {log:q} 2>&1"
+        stage_cmd("probe-set")

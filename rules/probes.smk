@@ -1,15 +1,18 @@
 # Stage 4: dense probe + L1-path sparsity per (concept, member, layer); one file per concept.
 
+PROBES = f"{RESULTS}/{{condition}}/probes/{{concept}}.h5"
+PROBE_INPUTS = {"probe_set": PROBE_SET, "activations": keyed(ACTIVATIONS, member=MEMBERS)}
+
 
 rule probes:
     input:
-        probe_set=f"{RESULTS}/data/probe_{{concept}}.h5",
-        acts=expand(f"{RESULTS}/{{{{condition}}}}/activations/m{{member}}/{{{{concept}}}}.h5", member=MEMBERS),
+        unpack(inputs(PROBE_INPUTS)),
     output:
-        f"{RESULTS}/{{condition}}/probes/{{concept}}.h5",
+        probes=PROBES,
     params:
         cfg=lambda w: as_json(probe_params()),
-        code=code_digest("probes", "h5io"),
+        files=stage_files(PROBE_INPUTS, {"probes": PROBES}),
+        code=code_digest("probes"),
     threads: config["threads"]["probes"]
     resources:
         **rule_resources("probes"),
@@ -18,5 +21,4 @@ rule probes:
     conda:
         "../envs/sklearn.yaml"
     shell:
-        "python -m workflow probes --params {params.cfg:q} "
-        "--input {input.probe_set:q} {input.acts:q} --output {output:q} > {log:q} 2>&1"
+        stage_cmd("probes")

@@ -1,19 +1,25 @@
 # Stage 9: compare every condition with the base ensemble, then the HTML report.
 
+COMPARE_INPUTS = {
+    "summaries": keyed(SUMMARY, condition=CONDITIONS),
+    "ablations": keyed(ABLATION, condition=CONDITIONS[1:]),
+    "models": keyed(MODEL, condition=CONDITIONS, member=MEMBERS),
+    "probe_sets": keyed(PROBE_SET, concept=CONCEPTS),
+}
+COMPARE_OUTPUTS = {"json": f"{RESULTS}/compare/compare.json", "txt": f"{RESULTS}/compare/verdicts.txt"}
+
 
 rule compare:
     input:
-        summaries=expand(f"{RESULTS}/{{condition}}/summary.json", condition=CONDITIONS),
-        ablations=expand(f"{RESULTS}/ablation/{{condition}}.h5", condition=CONDITIONS[1:]),
-        models=expand(f"{RESULTS}/{{condition}}/models/m{{member}}.h5", condition=CONDITIONS, member=MEMBERS),
-        probe_sets=expand(f"{RESULTS}/data/probe_{{concept}}.h5", concept=CONCEPTS),
+        unpack(inputs(COMPARE_INPUTS)),
     output:
-        json=f"{RESULTS}/compare/compare.json",
-        txt=report(f"{RESULTS}/compare/verdicts.txt", caption="../captions/verdicts.rst", category="Verdicts"),
+        json=COMPARE_OUTPUTS["json"],
+        txt=report(COMPARE_OUTPUTS["txt"], caption="../captions/verdicts.rst", category="Verdicts"),
     params:
         cfg=lambda w: as_json({"seed": config["seed"], **config["compare"], "conditions": CONDITIONS,
                                "members": MEMBERS, "concepts": CONCEPTS}),
-        code=code_digest("compare", "ablation", "h5io", "seeding"),
+        files=stage_files(COMPARE_INPUTS, COMPARE_OUTPUTS),
+        code=code_digest("compare"),
     resources:
         **rule_resources("report"),
     log:
@@ -21,36 +27,46 @@ rule compare:
     conda:
         "../envs/sklearn.yaml"
     shell:
-        "python -m workflow compare --params {params.cfg:q} --input {input:q} "
-        "--output {output.json:q} {output.txt:q} 2> {log:q} | tee -a {log:q}"
+        stage_cmd("compare")
 
 
 REPORT = f"{RESULTS}/report"
+REPORT_INPUTS = {
+    "compare": COMPARE_OUTPUTS["json"],
+    "summaries": keyed(SUMMARY, condition=CONDITIONS),
+    "probe_sets": keyed(PROBE_SET, concept=CONCEPTS),
+    "scores": keyed(partial(SCORES, condition="base"), concept=CONCEPTS, layer=LAYERS),
+    "enrichment": f"{RESULTS}/base/trak/enrichment.json",
+    "grids": keyed(f"{RESULTS}/base/trak/top_bottom_{{concept}}.png", concept=CONCEPTS),
+}
+REPORT_OUTPUTS = {
+    "html": f"{REPORT}/index.html",
+    "accuracy": f"{REPORT}/accuracy.png",
+    "sparsity": f"{REPORT}/sparsity.png",
+    "scores": f"{REPORT}/scores.png",
+    "enrichment": f"{REPORT}/enrichment.png",
+    "grids": keyed(f"{REPORT}/top_bottom_{{concept}}.png", concept=CONCEPTS),
+}
 
 
 rule report_html:
     input:
-        compare=f"{RESULTS}/compare/compare.json",
-        summaries=expand(f"{RESULTS}/{{condition}}/summary.json", condition=CONDITIONS),
-        probe_sets=expand(f"{RESULTS}/data/probe_{{concept}}.h5", concept=CONCEPTS),
-        scores=expand(f"{RESULTS}/base/trak/scores/{{concept}}/{{layer}}.h5", concept=CONCEPTS, layer=LAYERS),
-        enrichment=f"{RESULTS}/base/trak/enrichment.json",
-        grids=expand(f"{RESULTS}/base/trak/top_bottom_{{concept}}.png", concept=CONCEPTS),
+        unpack(inputs(REPORT_INPUTS)),
     output:
-        html=f"{REPORT}/index.html",
-        accuracy=report(f"{REPORT}/accuracy.png", caption="../captions/accuracy.rst", category="Comparison"),
-        sparsity=report(f"{REPORT}/sparsity.png", caption="../captions/sparsity.rst", category="Comparison"),
-        scores=report(f"{REPORT}/scores.png", caption="../captions/scores.rst", category="Attribution"),
-        enrichment=report(f"{REPORT}/enrichment.png", caption="../captions/enrichment.rst", category="Attribution"),
-        grids=report(expand(f"{REPORT}/top_bottom_{{concept}}.png", concept=CONCEPTS),
-                     caption="../captions/top_bottom.rst", category="Attribution"),
+        html=REPORT_OUTPUTS["html"],
+        accuracy=report(REPORT_OUTPUTS["accuracy"], caption="../captions/accuracy.rst", category="Comparison"),
+        sparsity=report(REPORT_OUTPUTS["sparsity"], caption="../captions/sparsity.rst", category="Comparison"),
+        scores=report(REPORT_OUTPUTS["scores"], caption="../captions/scores.rst", category="Attribution"),
+        enrichment=report(REPORT_OUTPUTS["enrichment"], caption="../captions/enrichment.rst",
+                          category="Attribution"),
+        grids=report(leaves(REPORT_OUTPUTS["grids"]), caption="../captions/top_bottom.rst", category="Attribution"),
     params:
-        cfg=lambda w: as_json({"concepts": CONCEPTS, "layers": LAYERS, "conditions": CONDITIONS,
+        cfg=lambda w: as_json({"concepts": CONCEPTS, "layers": LAYERS,
                                "ablation": {k: config["ablation"][k] for k in ("fraction", "top_k")},
                                # the config shown on the page: all of it but thread counts
                                "config": {k: v for k, v in config.items() if k != "threads"}}),
-        files=lambda w, input, output: as_json({"input": named(input), "output": named(output)}),
-        code=code_digest("report", "ablation", "h5io"),
+        files=stage_files(REPORT_INPUTS, REPORT_OUTPUTS),
+        code=code_digest("report"),
     resources:
         **rule_resources("report"),
     log:
@@ -58,4 +74,4 @@ rule report_html:
     conda:
         "../envs/sklearn.yaml"
     shell:
-        "python -m workflow report --params {params.cfg:q} --files {params.files:q} 2> {log:q} | tee -a {log:q}"
+        stage_cmd("report")

@@ -1,16 +1,20 @@
 # Summary: accuracy vs depth per concept with ensemble spread, and the concept location.
 
+SUMMARY = f"{RESULTS}/{{condition}}/summary.json"
+SUMMARY_INPUTS = {"probes": keyed(PROBES, concept=CONCEPTS)}
+SUMMARY_OUTPUTS = {"json": SUMMARY, "png": f"{RESULTS}/{{condition}}/summary.png",
+                   "txt": f"{RESULTS}/{{condition}}/summary.txt"}
+
 
 rule summarize:
     input:
-        expand(f"{RESULTS}/{{{{condition}}}}/probes/{{concept}}.h5", concept=CONCEPTS),
+        unpack(inputs(SUMMARY_INPUTS)),
     output:
-        json=f"{RESULTS}/{{condition}}/summary.json",
-        png=f"{RESULTS}/{{condition}}/summary.png",
-        txt=f"{RESULTS}/{{condition}}/summary.txt",
+        **SUMMARY_OUTPUTS,
     params:
         cfg=lambda w: as_json({"concepts": CONCEPTS}),
-        code=code_digest("summary", "probes", "h5io"),
+        files=stage_files(SUMMARY_INPUTS, SUMMARY_OUTPUTS),
+        code=code_digest("summary"),
     resources:
         **rule_resources("report"),
     log:
@@ -18,8 +22,7 @@ rule summarize:
     conda:
         "../envs/sklearn.yaml"
     shell:
-        "python -m workflow summary --params {params.cfg:q} --input {input:q} "
-        "--output {output.json:q} {output.png:q} {output.txt:q} 2> {log:q} | tee -a {log:q}"
+        stage_cmd("summary")
 
 
 rule summary:

@@ -1,16 +1,22 @@
 # Stages 5-6: TRAK features of the training set (sharded), gathered per model checkpoint,
 # then scores whose target is each concept probe at each layer, and a first-look report.
 
+SHARD = f"{RESULTS}/{{condition}}/trak/features/m{{member}}/{{ckpt}}/shard{{shard}}.h5"
+FEATURES = f"{RESULTS}/{{condition}}/trak/features/m{{member}}_{{ckpt}}.h5"
+SCORES = f"{RESULTS}/{{condition}}/trak/scores/{{concept}}/{{layer}}.h5"
+ENRICHMENT = f"{RESULTS}/{{condition}}/trak/scores/{{concept}}/{{layer}}.json"
+FEATURIZE_INPUTS = {"model": MODEL, "data": BASE}
+
 
 rule featurize:
     input:
-        model=f"{RESULTS}/{{condition}}/models/m{{member}}.h5",
-        data=f"{RESULTS}/data/base.h5",
+        unpack(inputs(FEATURIZE_INPUTS)),
     output:
-        f"{RESULTS}/{{condition}}/trak/features/m{{member}}/{{ckpt}}/shard{{shard}}.h5",
+        shard=SHARD,
     params:
         cfg=lambda w: as_json(trak_params(*FEATURIZE_KEYS)),
-        code=code_digest("trak_features", "projectors", "factored", "models", "checkpoints", "imagesets", "h5io"),
+        files=stage_files(FEATURIZE_INPUTS, {"shard": SHARD}),
+        code=code_digest("featurize"),
     threads: config["threads"]["trak"]
     resources:
         **rule_resources("featurize", device=config["trak"]["device"]),
@@ -19,20 +25,21 @@ rule featurize:
     conda:
         "../envs/torch.yaml"
     shell:
-        "python -m workflow featurize --params {params.cfg:q} --member {wildcards.member} "
-        "--checkpoint {wildcards.ckpt} --shard {wildcards.shard} --threads {threads} "
-        "--input {input.model:q} {input.data:q} --output {output:q} > {log:q} 2>&1"
+        stage_cmd("featurize")
+
+
+GATHER_INPUTS = {"shards": keyed(SHARD, shard=SHARDS)}
 
 
 rule gather_features:
     input:
-        expand(f"{RESULTS}/{{{{condition}}}}/trak/features/m{{{{member}}}}/{{{{ckpt}}}}/shard{{shard}}.h5",
-               shard=SHARDS),
+        unpack(inputs(GATHER_INPUTS)),
     output:
-        f"{RESULTS}/{{condition}}/trak/features/m{{member}}_{{ckpt}}.h5",
+        features=FEATURES,
     params:
         cfg=lambda w: as_json(trak_params(*FEATURIZE_KEYS, "lambda_reg")),
-        code=code_digest("trak_features", "h5io"),
+        files=stage_files(GATHER_INPUTS, {"features": FEATURES}),
+        code=code_digest("gather"),
     resources:
         **rule_resources("gather"),
     log:
@@ -40,24 +47,24 @@ rule gather_features:
     conda:
         "../envs/torch.yaml"
     shell:
-        "python -m workflow gather --params {params.cfg:q} --input {input:q} --output {output:q} > {log:q} 2>&1"
+        stage_cmd("gather")
+
+
+SCORE_INPUTS = {"probe_set": PROBE_SET, "probes": PROBES, "models": keyed(MODEL, member=MEMBERS),
+                "features": keyed(FEATURES, member=MEMBERS, ckpt=TRAK_CKPTS)}
+SCORE_OUTPUTS = {"scores": SCORES, "enrichment": ENRICHMENT}
 
 
 rule score:
     input:
-        probe_set=f"{RESULTS}/data/probe_{{concept}}.h5",
-        probes=f"{RESULTS}/{{condition}}/probes/{{concept}}.h5",
-        models=expand(f"{RESULTS}/{{{{condition}}}}/models/m{{member}}.h5", member=MEMBERS),
-        features=expand(f"{RESULTS}/{{{{condition}}}}/trak/features/m{{member}}_{{ckpt}}.h5",
-                        member=MEMBERS, ckpt=TRAK_CKPTS),
+        unpack(inputs(SCORE_INPUTS)),
     output:
-        scores=f"{RESULTS}/{{condition}}/trak/scores/{{concept}}/{{layer}}.h5",
-        enrichment=f"{RESULTS}/{{condition}}/trak/scores/{{concept}}/{{layer}}.json",
+        **SCORE_OUTPUTS,
     params:
         cfg=lambda w: as_json({**trak_params(*FEATURIZE_KEYS, "lambda_reg", "max_targets", "top_fraction"),
                                "members": MEMBERS}),
-        code=code_digest("trak_scores", "trak_features", "probe_function", "projectors", "factored", "probes",
-                         "models", "checkpoints", "h5io"),
+        files=stage_files(SCORE_INPUTS, SCORE_OUTPUTS),
+        code=code_digest("score"),
     threads: config["threads"]["trak"]
     resources:
         **rule_resources("score", device=config["trak"]["device"]),
@@ -66,26 +73,26 @@ rule score:
     conda:
         "../envs/torch.yaml"
     shell:
-        "python -m workflow score --params {params.cfg:q} --concept {wildcards.concept} --layer {wildcards.layer} "
-        "--threads {threads} --input {input.probe_set:q} {input.probes:q} {input.models:q} {input.features:q} "
-        "--output {output.scores:q} {output.enrichment:q} > {log:q} 2>&1"
+        stage_cmd("score")
+
+
+TRAK_REPORT_INPUTS = {"summary": SUMMARY, "data": BASE,
+                      "scores": keyed(SCORES, concept=CONCEPTS, layer=LAYERS),
+                      "enrichment": keyed(ENRICHMENT, concept=CONCEPTS, layer=LAYERS)}
+TRAK_REPORT_OUTPUTS = {"table": f"{RESULTS}/{{condition}}/trak/enrichment.json",
+                       "text": f"{RESULTS}/{{condition}}/trak/enrichment.txt",
+                       "grids": keyed(f"{RESULTS}/{{condition}}/trak/top_bottom_{{concept}}.png", concept=CONCEPTS)}
 
 
 rule trak_report:
     input:
-        summary=f"{RESULTS}/{{condition}}/summary.json",
-        data=f"{RESULTS}/data/base.h5",
-        scores=expand(f"{RESULTS}/{{{{condition}}}}/trak/scores/{{concept}}/{{layer}}.h5",
-                      concept=CONCEPTS, layer=LAYERS),
-        enrichment=expand(f"{RESULTS}/{{{{condition}}}}/trak/scores/{{concept}}/{{layer}}.json",
-                          concept=CONCEPTS, layer=LAYERS),
+        unpack(inputs(TRAK_REPORT_INPUTS)),
     output:
-        table=f"{RESULTS}/{{condition}}/trak/enrichment.json",
-        text=f"{RESULTS}/{{condition}}/trak/enrichment.txt",
-        grids=expand(f"{RESULTS}/{{{{condition}}}}/trak/top_bottom_{{concept}}.png", concept=CONCEPTS),
+        **flat(TRAK_REPORT_OUTPUTS),
     params:
         cfg=lambda w: as_json({"concepts": CONCEPTS, "layers": LAYERS}),
-        code=code_digest("trak_report", "ablation", "h5io"),
+        files=stage_files(TRAK_REPORT_INPUTS, TRAK_REPORT_OUTPUTS),
+        code=code_digest("trak-report"),
     resources:
         **rule_resources("report"),
     log:
@@ -93,6 +100,4 @@ rule trak_report:
     conda:
         "../envs/sklearn.yaml"
     shell:
-        "python -m workflow trak-report --params {params.cfg:q} "
-        "--input {input.summary:q} {input.data:q} {input.scores:q} {input.enrichment:q} "
-        "--output {output.table:q} {output.text:q} {output.grids:q} 2> {log:q} | tee -a {log:q}"
+        stage_cmd("trak-report")

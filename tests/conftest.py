@@ -6,9 +6,15 @@ import h5py
 import pytest
 import yaml
 
+from workflow.config import schema, with_defaults
+
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
+
+
+def completed(cfg: dict) -> dict:
+    """A test's partial config completed with the schema's defaults, as the workflow does."""
+    return with_defaults(cfg, schema())
 
 
 def snakemake_cmd(workdir, *args, configfile=None) -> list:

@@ -3,7 +3,8 @@ import h5py
 import numpy as np
 import pytest
 
-from workflow import ablation
+from workflow import artifacts
+from workflow.ablation import sets as ablation
 
 N = 500
 CFG = {"fraction": 0.08, "top_k": None, "seed": 3}
@@ -16,9 +17,9 @@ def scores(seed=0):
 @pytest.mark.parametrize("kind", ["top", "random"])
 @pytest.mark.parametrize("cfg, k", [(CFG, 40), ({**CFG, "top_k": 17}, 17), ({**CFG, "fraction": 0.5}, 250)])
 def test_sets_have_the_requested_size_and_partition_the_train_set(kind, cfg, k):
-    spec = {"kind": kind, "concept": "c", "layer": "layer2"}
-    removed, _, reason = ablation.build(spec, N, cfg, scores=scores())
-    keep = ablation.complement(N, removed)
+    design = {"kind": kind, "concept": "c", "layer": "layer2"}
+    removed, _, reason = ablation.build(design, N, cfg, scores=scores())
+    keep = np.setdiff1d(np.arange(N), removed)
     assert len(removed) == k and len(np.unique(removed)) == k
     assert len(keep) == N - k
     assert not np.isin(keep, removed).any()              # no removed index is kept
@@ -36,10 +37,10 @@ def test_top_k_takes_the_highest_scores():
 
 
 def test_random_control_is_reproducible_from_the_seed_and_differs_from_top_k():
-    spec = {"kind": "random", "concept": None, "layer": None}
-    a, _, _ = ablation.build(spec, N, CFG)
-    b, _, _ = ablation.build(spec, N, CFG)
-    c, _, _ = ablation.build(spec, N, {**CFG, "seed": 4})
+    design = {"kind": "random", "concept": None, "layer": None}
+    a, _, _ = ablation.build(design, N, CFG)
+    b, _, _ = ablation.build(design, N, CFG)
+    c, _, _ = ablation.build(design, N, {**CFG, "seed": 4})
     assert np.array_equal(a, b) and not np.array_equal(a, c)
     top, _, _ = ablation.build({"kind": "top", "concept": "c", "layer": "stem"}, N, CFG, scores=scores())
     assert len(top) == len(a) and not np.array_equal(top, a)
@@ -72,24 +73,24 @@ def test_condition_names_from_config():
 
 
 def _files(tmp_path, truth):
+    """Stage inputs written by their owners in ``artifacts``: layer2 is the location."""
     base = tmp_path / "base.h5"
-    with h5py.File(base, "w") as f:
-        f["train/labels"] = np.zeros(N, np.int64)
+    img = np.zeros((N, 2, 2, 3), np.uint8)
+    artifacts.write_base(base, {}, {"train": (img, np.zeros(N, np.int64)), "test": (img[:4], np.zeros(4, np.int64))},
+                         ["a"], [0.5] * 3, [0.25] * 3)
     probe_set = tmp_path / "probe.h5"
-    with h5py.File(probe_set, "w") as f:
-        f["train_concept_mask"] = truth
-    probes = tmp_path / "probes.h5"  # layer2 is the location: highest mean accuracy
-    with h5py.File(probes, "w") as f:
-        f.attrs["layers"] = ["stem", "layer2"]
-        f.attrs["members"] = [0, 1]
-        f.attrs["config"] = "{}"
-        f["heldout_bal_acc"] = np.array([[0.6, 0.9], [0.7, 0.8]])
-        f["sparsity_k"] = np.array([[3, 4], [3, 5]])
-    paths = []
+    artifacts.write_probe_set(probe_set, {}, "c", img[:4], [0, 1, 0, 1], [0, 0, 1, 1], train_truth=truth)
+    probes = tmp_path / "probes.h5"
+    acc = {(0, "stem"): 0.6, (0, "layer2"): 0.9, (1, "stem"): 0.7, (1, "layer2"): 0.8}
+    probe = {"coef": np.ones(2), "mean": np.zeros(2), "scale": np.ones(2), "intercept": 0.0, "C": 1.0}
+    path = {"path_C": np.ones(2), "path_nnz": np.ones(2), "path_acc": np.ones(2)}
+    artifacts.write_probes(probes, {}, ["stem", "layer2"], [0, 1], {
+        key: {"probe": probe, "path": path, "heldout_bal_acc": a, "train_bal_acc": a, "sparsity_k": 3,
+              "sparsity_reached": True, "n_channels": 2} for key, a in acc.items()})
+    paths = {}
     for i, layer in enumerate(["stem", "layer2"]):
-        paths.append(tmp_path / f"{layer}.h5")
-        with h5py.File(paths[-1], "w") as f:
-            f["concept_score"] = scores(i)
+        paths[layer] = tmp_path / f"{layer}.h5"
+        artifacts.write_scores(paths[layer], {}, "c", layer, scores(i)[None, :], [0], 1)
     return base, probe_set, probes, paths
 
 
@@ -97,18 +98,18 @@ def test_make_writes_every_kind_and_top_uses_the_location_layer(tmp_path):
     truth = np.arange(N) % 7 == 0
     base, probe_set, probes, score_paths = _files(tmp_path, truth)
     out = tmp_path / "top.h5"
-    ablation.make("top-c", {"spec": {"kind": "top", "concept": "c", "layer": "location"}, **CFG,
+    ablation.make("top-c", {"design": {"kind": "top", "concept": "c", "layer": "location"}, **CFG,
                             "layers": ["stem", "layer2"]}, base, out, probes_path=probes, score_paths=score_paths)
-    a = ablation.load(out)
+    a = artifacts.ablation(out)
     assert a["layer"] == "layer2" and a["kind"] == "top" and "layer2 (its location" in a["reason"]
-    assert np.array_equal(a["removed"], ablation.top_k(scores(1), 40))
+    assert np.array_equal(a["removed"], ablation.top_k(scores(1).astype(np.float32), 40))
     with h5py.File(out) as f:
         assert "removed_scores" in f and "config" in f.attrs and "versions" in f.attrs
-    ablation.make("oracle-c", {"spec": {"kind": "oracle", "concept": "c", "layer": None}}, base,
+    ablation.make("oracle-c", {"design": {"kind": "oracle", "concept": "c", "layer": None}}, base,
                   tmp_path / "oracle.h5", probe_set_path=probe_set)
-    assert np.array_equal(ablation.load(tmp_path / "oracle.h5")["removed"], np.flatnonzero(truth))
-    ablation.make("random", {"spec": {"kind": "random", "concept": None, "layer": None}, **CFG}, base,
+    assert np.array_equal(artifacts.ablation(tmp_path / "oracle.h5")["removed"], np.flatnonzero(truth))
+    ablation.make("random", {"design": {"kind": "random", "concept": None, "layer": None}, **CFG}, base,
                   tmp_path / "random.h5")
-    r = ablation.load(tmp_path / "random.h5")
+    r = artifacts.ablation(tmp_path / "random.h5")
     assert len(r["removed"]) == 40 and len(r["keep"]) == N - 40
     assert not list(tmp_path.glob(".*tmp*"))

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from workflow import compare
+from workflow.report import compare
 
 CFG = {"seed": 0, "n_boot": 500, "confidence": 0.95, "max_test_acc_drop": 0.05}
 LAYERS = ["stem", "layer1", "layer2", "layer3"]

@@ -7,11 +7,14 @@ from trak.modelout_functions import ImageClassificationModelOutput
 from trak.projectors import AbstractProjector
 from trak.utils import vectorize
 
-from workflow import projectors, trak_scores
-from workflow.factored import FactoredProjector
-from workflow.models import ScalableResNet18
-from workflow.probe_function import ProbeOutput
-from workflow.trak_features import TrainFeatures, margin
+from workflow.attribution import scores
+from workflow.attribution.features import margin, train_features
+from workflow.attribution.projection import factory
+from workflow.attribution.projection.factored import FactoredProjector
+from workflow.attribution.projection.gradients import HookGradients, PerExampleGradients
+from workflow.attribution.projection.sparse import SparseJLProjector
+from workflow.model.resnet import ScalableResNet18
+from workflow.probing.probe_function import ProbeOutput
 
 
 @pytest.fixture(scope="module")
@@ -66,11 +69,11 @@ def test_hook_path_for_a_probe_output_leaves_later_layers_at_zero(net):
     fn = ProbeOutput(probe, "layer2")
     images = (np.random.default_rng(0).random((5, 32, 32, 3)) * 255).astype(np.uint8)
     p = FactoredProjector(net, 128, 0, layer_dim=64)
-    noop = projectors.make("noop", grad_dim(net), 0, 0, "cpu")
-    exact = torch.as_tensor(trak_scores.target_gradients(net, fn, images, noop, 2, batch_size=5))
+    noop = factory.make("noop", net, 0, 0, "cpu")
+    exact = torch.as_tensor(scores.target_gradients(net, noop, fn, images, 2, batch_size=5))
     later = [n.startswith(("layer3", "layer4", "fc")) for n, q in net.named_parameters() for _ in range(q.numel())]
     assert exact[:, torch.tensor(later)].abs().max() == 0 and exact.abs().max() > 0
-    fast = trak_scores.target_gradients(net, fn, images, p, 2, batch_size=3)
+    fast = scores.target_gradients(net, HookGradients(p), fn, images, 2, batch_size=3)
     torch.testing.assert_close(torch.as_tensor(fast), p.project(exact, 2), rtol=1e-4, atol=1e-5)
 
 
@@ -79,16 +82,16 @@ def test_with_exact_layers_it_is_the_sparse_projector(net):
     x, y = batch(5, seed=3)
     full, _ = exact_margin_grads(net, x, y)
     fast, _ = FactoredProjector(net, 512, 4).featurize(net, lambda m, xb: margin(m(xb), y), x, model_id=9)
-    sparse = projectors.SparseJLProjector(grad_dim(net), 512, 4).project(full, 9)
+    sparse = SparseJLProjector(grad_dim(net), 512, 4).project(full, 9)
     torch.testing.assert_close(fast, sparse, rtol=1e-4, atol=1e-5)
-    assert not torch.allclose(fast, projectors.SparseJLProjector(grad_dim(net), 512, 4).project(full, 8))
+    assert not torch.allclose(fast, SparseJLProjector(grad_dim(net), 512, 4).project(full, 8))
 
 
 def test_train_features_match_traker_out_to_loss(net):
     x, y = batch(5, seed=1)
     _, gc = exact_margin_grads(net, x, y)
     p = FactoredProjector(net, 64, 0)
-    feats, otl = TrainFeatures(net, p, grad_dim(net))(x, y, 0)
+    feats, otl = train_features(net, HookGradients(p), x, y, 0)
     assert feats.shape == (5, 64)
     np.testing.assert_allclose(otl, gc.compute_loss_grad((x, y)).numpy().ravel(), rtol=1e-5, atol=1e-6)
 
@@ -130,9 +133,11 @@ def test_refuses_unsupported_models_and_training_mode(net):
 
 
 def test_auto_picks_the_factored_projector_where_it_applies(net):
-    assert isinstance(projectors.make("auto", grad_dim(net), 64, 0, "cpu", model=net), FactoredProjector)
+    auto = factory.make("auto", net, 64, 0, "cpu")
+    assert isinstance(auto, HookGradients) and isinstance(auto.projector, FactoredProjector)
     odd = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.GroupNorm(2, 4))
-    assert isinstance(projectors.make("auto", 100, 64, 0, "cpu", model=odd), projectors.SparseJLProjector)
+    other = factory.make("auto", odd, 64, 0, "cpu")
+    assert isinstance(other, PerExampleGradients) and isinstance(other.projector, SparseJLProjector)
 
 
 @pytest.mark.cuda
@@ -143,7 +148,7 @@ def test_cpu_and_gpu_agree(net):
     gnet = ScalableResNet18(10, width=4, image_size=32).eval().cuda()
     gnet.load_state_dict(net.state_dict())
     yc = y.cuda()
-    with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):   # as trak_features.setup on cuda
+    with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):   # as runtime.configure on cuda
         gpu = FactoredProjector(gnet, 512, 3, device="cuda", layer_dim=64).featurize(
             gnet, lambda m, xb: margin(m(xb), yc), x.cuda(), 5)[0].cpu()
     torch.testing.assert_close(cpu, gpu, rtol=1e-3, atol=1e-4)
@@ -154,10 +159,11 @@ def test_cpu_and_gpu_agree(net):
 def test_probe_target_gradients_on_cpu_and_gpu_agree(net):
     probe = {"coef": np.linspace(-1, 1, 16), "mean": np.full(16, 0.1), "scale": np.full(16, 2.0), "intercept": 0.5}
     images = (np.random.default_rng(1).random((6, 32, 32, 3)) * 255).astype(np.uint8)
-    cpu = trak_scores.target_gradients(net, ProbeOutput(probe, "layer3"), images, FactoredProjector(net, 256, 1), 4, 3)
+    cpu = scores.target_gradients(net, HookGradients(FactoredProjector(net, 256, 1)), ProbeOutput(probe, "layer3"),
+                                  images, 4, 3)
     gnet = ScalableResNet18(10, width=4, image_size=32).eval().cuda()
     gnet.load_state_dict(net.state_dict())
     with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
-        gpu = trak_scores.target_gradients(gnet, ProbeOutput(probe, "layer3", device="cuda"), images,
-                                           FactoredProjector(gnet, 256, 1, device="cuda"), 4, 3)
+        gpu = scores.target_gradients(gnet, HookGradients(FactoredProjector(gnet, 256, 1, device="cuda")),
+                                      ProbeOutput(probe, "layer3", device="cuda"), images, 4, 3)
     np.testing.assert_allclose(gpu, cpu, rtol=1e-3, atol=1e-4)

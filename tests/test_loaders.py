@@ -5,10 +5,14 @@ import pickle
 import h5py
 import numpy as np
 import pytest
+import yaml
 from PIL import Image
 
-from workflow import data
-from workflow.config import ConfigError, check
+from conftest import REPO, completed
+
+from workflow.config import ConfigError, resolve, schema
+from workflow.data import build as data
+from workflow.data.imagefolder import ImageDecodeError, load_image
 
 CIFAR_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
@@ -43,7 +47,7 @@ def write_tree(root, classes=("apple", "bee", "cat"), n_train=10, n_val=3):
 
 
 def base_cfg(**dataset):
-    return {"seed": 0, "dataset": {"image_size": 32, **dataset}}
+    return completed({"seed": 0, "dataset": {"image_size": 32, **dataset}})
 
 
 def test_synthetic_base_and_probe_sets(tmp_path):
@@ -128,15 +132,53 @@ def test_unknown_class_name_is_named():
         data.resolve_classes(["dragon"], ["cat", "dog"])
 
 
+MINIMAL = {"experiment": "x", "dataset": {"name": "synthetic"}, "concepts": [{"name": "a", "kind": "planted"}]}
+
+
 def test_config_check_names_the_key(tmp_path):
-    schema = data.__file__.replace("workflow/data.py", "config/schema.yaml")
-    ok = {"experiment": "x", "dataset": {"name": "synthetic"}, "concepts": [{"name": "a", "kind": "planted"}]}
-    check(ok, schema)
+    resolve(MINIMAL)
     with pytest.raises(ConfigError, match=r"dataset\.widht: unknown key"):
-        check({**ok, "dataset": {"name": "synthetic", "widht": 3}}, schema)
+        resolve({**MINIMAL, "dataset": {"name": "synthetic", "widht": 3}})
     with pytest.raises(ConfigError, match=r"ensemble\.size: 'three' is not of type 'integer'"):
-        check({**ok, "ensemble": {"size": "three"}}, schema)
+        resolve({**MINIMAL, "ensemble": {"size": "three"}})
     with pytest.raises(ConfigError, match=r"dataset\.root: directory not found: /nonexistent"):
-        check({**ok, "dataset": {"name": "imagefolder", "root": "/nonexistent"}}, schema)
+        resolve({**MINIMAL, "dataset": {"name": "imagefolder", "root": "/nonexistent"}})
     with pytest.raises(ConfigError, match=r"concepts\.0 \(a\)\.kind: 'planted' needs"):
-        check({**ok, "dataset": {"name": "cifar10", "root": str(tmp_path)}}, schema)
+        resolve({**MINIMAL, "dataset": {"name": "cifar10", "root": str(tmp_path)}})
+
+
+def schema_defaults(node, root):
+    """Every default the schema states, as a nested dict (read straight from the YAML)."""
+    node = root["$defs"][node["$ref"].rsplit("/", 1)[1]] if "$ref" in node and "default" not in node else node
+    out = {}
+    for key, sub in node.get("properties", {}).items():
+        if "default" in sub or "default" in root["$defs"].get(sub.get("$ref", "#/$defs/-").rsplit("/", 1)[1], {}):
+            d = sub.get("default", root["$defs"].get(sub.get("$ref", "").rsplit("/", 1)[-1], {}).get("default"))
+            inner = schema_defaults(sub if "properties" in sub else {}, root)
+            out[key] = {**inner, **d} if isinstance(d, dict) else d
+    return out
+
+
+def test_a_minimal_config_gets_exactly_the_schema_defaults():
+    got = resolve(MINIMAL)
+    expected = {**schema_defaults(schema(), schema()), **MINIMAL,
+                "dataset": {**schema_defaults(schema()["properties"]["dataset"], schema()), "name": "synthetic"}}
+    assert got == expected
+    assert got["trak"]["lambda_reg"] == 0.0 and got["model"]["width"] == 64   # not the demo's 0.1 and 16
+    assert got["trak"]["checkpoints"] == ["final"] and got["resources"]["default"] == {"mem_mb": 4000, "runtime": 60}
+    demo = yaml.safe_load((REPO / "config.yaml").read_text())
+    assert demo["trak"]["lambda_reg"] != got["trak"]["lambda_reg"]  # the check has teeth
+
+
+def test_a_minimal_config_with_fewer_epochs_needs_no_unwritten_checkpoint():
+    resolve({**MINIMAL, "train": {"epochs": 4}})   # the demo's trak.checkpoints: epoch_0006 must not leak
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated"])
+def test_broken_images_are_named(tmp_path, damage):
+    path = tmp_path / "img.jpg"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(path, quality=95)
+    raw = path.read_bytes()
+    path.write_bytes(b"not an image at all" if damage == "garbage" else raw[: len(raw) // 2])
+    with pytest.raises(ImageDecodeError, match=f"{path}: cannot decode image"):
+        load_image(path, 32)

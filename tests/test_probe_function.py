@@ -3,9 +3,10 @@ import torch
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
-from workflow import probes
-from workflow.models import ScalableResNet18, to_input
-from workflow.probe_function import ProbeOutput, per_example_output
+from workflow.attribution.projection.gradients import per_example_output
+from workflow.model.resnet import ScalableResNet18, to_input
+from workflow.probing import probes
+from workflow.probing.probe_function import ProbeOutput
 
 
 def test_probe_as_torch_function_equals_sklearn_decision_function():

@@ -1,6 +1,6 @@
 import numpy as np
 
-from workflow import probes
+from workflow.probing import probes
 
 
 def planted(n=600, d=40, channels=(0,), noise=1.0, seed=0):

@@ -1,6 +1,6 @@
 import numpy as np
 
-from workflow.datasets import synthetic
+from workflow.data import synthetic
 
 
 def test_same_seed_same_bytes():
@@ -47,7 +47,7 @@ def test_concepts_not_visible_in_channel_means():
 def test_planted_shapes_are_drawn_by_a_frequency_boundary_only():
     """Planted images: shape and background share a colour; high band on one side of the
     outline, low on the other. Same-band negatives: a texture boundary of one band."""
-    from workflow.datasets.synthetic import render
+    from workflow.data.synthetic import render
 
     def band_energy(img):
         g = img.mean(2) - img.mean()

@@ -271,3 +271,47 @@ def test_report_has_every_section_and_no_broken_image_in_chromium(tiny_run, tmp_
     shutil.copytree(report, copy)
     (copy / "scores.png").unlink()
     assert open_in_chromium(copy / "index.html", tmp_path / "broken.png")["broken"] == ["scores.png"]
+
+
+def test_probe_stage_gives_the_same_bytes_twice(tiny_run, tmp_path):
+    """Every random draw of the probe stage (CV folds, liblinear's shuffle on the L1 path)
+    derives from the config's seed: rerunning it on the same activations is byte-identical."""
+    import json
+
+    from workflow import cli
+
+    res = tiny_run / "results" / "tiny"
+    files = {"input": {"probe_set": str(res / "data" / "probe_hilo.h5"),
+                       "activations": {str(m): str(res / "base" / "activations" / f"m{m}" / "hilo.h5")
+                                       for m in MEMBERS}},
+             "wildcards": {"condition": "base", "concept": "hilo"}}
+    params = json.dumps({"seed": TINY["seed"], "layers": LAYERS, "probes": TINY["probes"], "members": list(MEMBERS)})
+    outs = []
+    for i in range(2):
+        out = tmp_path / f"probes{i}.h5"
+        job = {**files, "output": {"probes": str(out)}}
+        assert cli.main(["probes", "--params", params, "--files", json.dumps(job)]) == 0
+        outs.append(out.read_bytes())
+    assert outs[0] == outs[1]
+    with h5py.File(tmp_path / "probes0.h5") as a, h5py.File(res / "base" / "probes" / "hilo.h5") as b:
+        assert np.array_equal(a["sparsity_k"][()], b["sparsity_k"][()])   # and equal to the workflow's run
+
+
+def test_a_truncated_intermediate_is_named_with_how_to_rebuild_it(tiny_run, tmp_path):
+    import shutil
+
+    wd = tmp_path / "copy"
+    shutil.copytree(tiny_run, wd, symlinks=True)        # keeps mtimes: nothing to redo
+    model = wd / "results" / "tiny" / "base" / "models" / "m0.h5"
+    raw = model.read_bytes()
+    model.write_bytes(raw[: len(raw) // 2])
+    target = "results/tiny/base/activations/m0/hilo.h5"
+    proc = run_snakemake(wd, "--cores", "1", target, check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    # the console names the file, says it was not used and how to rebuild it
+    assert re.search(r"results/tiny/base/models/m0\.h5: corrupt or truncated HDF5 file, not used .*"
+                     r"rm results/tiny/base/models/m0\.h5", out), out[-3000:]
+    model.unlink()                                      # what the message says to do
+    run_snakemake(wd, "--cores", "2", target)
+    assert model.stat().st_size == len(raw)

@@ -1,11 +1,8 @@
-"""concept-attribution: the Python package behind the Snakemake workflow.
+"""concept-attribution: which training images taught a network a concept at a layer?
 
-Every stage of ../SPEC (data, train, activations, probes, summary, ...) lives in its
-own module; rules in ``rules/*.smk`` call them through ``python -m workflow <stage>``.
+The Python package behind the Snakemake workflow. Stages are grouped by family:
+``data`` (stage 1), ``model`` (2, 8), ``probing`` (3-4), ``attribution`` (5-6),
+``ablation`` (7), ``report`` (9); ``artifacts`` owns every file format and ``cli`` runs
+a stage for a rule (see ``stages.STAGES``). docs/method.md describes the method.
 """
-import os
-
-# HDF5 file locking breaks on many network filesystems (NFS, Lustre) used by clusters.
-os.environ.setdefault("HDF5_USE_FILE_LOCKING", "FALSE")
-
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -1,13 +1,18 @@
-"""Config checks that run before any job: JSON schema plus paths and cross-key rules.
+"""The config: checked and completed before any job runs.
 
-Errors are one line naming the key (``dataset.root``) or the file.
+``resolve`` reports the first schema violation in one line naming the key, fills in
+every default from config/schema.yaml (the only place defaults live), then checks the
+rules that span keys and the paths. Torch-free.
 """
 from __future__ import annotations
 
+import copy
 import os
 from pathlib import Path
 
 import yaml
+
+SCHEMA = Path(__file__).resolve().parent / "schema.yaml"
 
 
 class ConfigError(ValueError):
@@ -18,8 +23,12 @@ def _where(path) -> str:
     return ".".join(str(p) for p in path) or "<top level>"
 
 
+def schema() -> dict:
+    return yaml.safe_load(SCHEMA.read_text())
+
+
 def schema_errors(config: dict, schema: dict) -> list:
-    """One-line messages for every schema violation, most specific first."""
+    """One-line messages for every schema violation, sorted by key path."""
     import jsonschema
 
     msgs = []
@@ -29,32 +38,74 @@ def schema_errors(config: dict, schema: dict) -> list:
             for key in sorted(set(e.instance) - set(e.schema.get("properties", {}))):
                 prefix = f"{where}." if e.absolute_path else ""
                 msgs.append(f"{prefix}{key}: unknown key (allowed: {', '.join(sorted(e.schema['properties']))})")
-        elif e.validator == "required":
-            msgs.append(f"{where}: {e.message}")
         else:
             msgs.append(f"{where}: {e.message}")
     return msgs
 
 
-def check(config: dict, schema_path) -> None:
-    """Raise ConfigError on the first problem; call before snakemake's own ``validate``."""
-    schema = yaml.safe_load(Path(schema_path).read_text())
-    msgs = schema_errors(config, schema)
+def _deref(node: dict, root: dict) -> dict:
+    while "$ref" in node:
+        node = root["$defs"][node["$ref"].rsplit("/", 1)[1]]
+    return node
+
+
+def with_defaults(config: dict, schema: dict) -> dict:
+    """A copy of ``config`` with every missing key that has a schema default filled in,
+    recursively (an object's own default, e.g. ``{}``, is completed from its properties)."""
+    def fill(value, node):
+        node = _deref(node, schema)
+        if not isinstance(value, dict) or "properties" not in node:
+            return value
+        out = dict(value)
+        for key, sub in node["properties"].items():
+            # a default next to a $ref overrides the referenced definition's
+            default = sub.get("default", _deref(sub, schema).get("default", fill))
+            if key not in out and default is not fill:
+                out[key] = copy.deepcopy(default)
+            if key in out:
+                out[key] = fill(out[key], sub)
+        return out
+
+    return fill(copy.deepcopy(config), schema)
+
+
+def merge(base: dict, override: dict) -> dict:
+    """``base`` updated by ``override`` recursively (mappings merge, other values replace)."""
+    out = copy.deepcopy(base)
+    for k, v in override.items():
+        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
+    return out
+
+
+def resolve(config: dict) -> dict:
+    """The checked config with the schema's defaults; ConfigError (one line) on the first problem."""
+    s = schema()
+    msgs = schema_errors(config, s)
     if msgs:
         raise ConfigError(f"config error: {msgs[0]}" + (f" (and {len(msgs) - 1} more)" if len(msgs) > 1 else ""))
+    config = with_defaults(config, s)
+    check_dataset(config)
+    check_concepts(config)
+    check_trak(config)
+    check_ablation(config)
+    return config
+
+
+def check_dataset(config: dict) -> None:
     d = config["dataset"]
     if d["name"] in ("cifar10", "imagefolder"):
-        root = d.get("root")
+        root = d["root"]
         if not root:
             raise ConfigError(f"config error: dataset.root: required for dataset {d['name']!r}")
-        if not os.path.isdir(root) and not (d["name"] == "cifar10" and d.get("download")):
+        if not os.path.isdir(root) and not (d["name"] == "cifar10" and d["download"]):
             raise ConfigError(f"config error: dataset.root: directory not found: {root}")
-        if d["name"] == "cifar10" and d.get("image_size", 32) != 32:
+        if d["name"] == "cifar10" and d["image_size"] != 32:
             raise ConfigError("config error: dataset.image_size: cifar10 images are 32 px; set 32")
         if d["name"] == "imagefolder" and not os.path.isdir(os.path.join(root, "train")):
             raise ConfigError(f"config error: dataset.root: no train/ folder in {root}")
-    check_trak(config)
-    check_ablation(config)
+
+
+def check_concepts(config: dict) -> None:
     names = [c["name"] for c in config["concepts"]]
     if len(set(names)) != len(names):
         raise ConfigError(f"config error: concepts: duplicate concept names in {names}")
@@ -62,7 +113,7 @@ def check(config: dict, schema_path) -> None:
         where = f"concepts.{i} ({c['name']})"
         if c["kind"] == "classes" and not c.get("classes"):
             raise ConfigError(f"config error: {where}.classes: required for kind 'classes'")
-        if c["kind"] == "planted" and d["name"] != "synthetic":
+        if c["kind"] == "planted" and config["dataset"]["name"] != "synthetic":
             raise ConfigError(f"config error: {where}.kind: 'planted' needs dataset.name synthetic")
         if c["kind"] == "folders":
             for key in ("positives", "negatives"):
@@ -73,25 +124,25 @@ def check(config: dict, schema_path) -> None:
 
 
 def check_trak(config: dict) -> None:
-    t, tr = config.get("trak", {}), config.get("train", {})
-    every, epochs = tr.get("checkpoint_every", 0), tr.get("epochs", 8)
-    for name in t.get("checkpoints", []):
+    t, tr = config["trak"], config["train"]
+    every, epochs = tr["checkpoint_every"], tr["epochs"]
+    for name in t["checkpoints"]:
         if name.startswith("epoch_"):
             e = int(name.split("_")[1])
             if not every or e % every or e >= epochs:
                 raise ConfigError(f"config error: trak.checkpoints: {name} is not saved by training "
                                   f"(train.checkpoint_every={every}, train.epochs={epochs})")
-    if t.get("precision") == "float16" and t.get("device") != "cuda":
+    if t["precision"] == "float16" and t["device"] != "cuda":
         raise ConfigError("config error: trak.precision: float16 needs trak.device cuda")
 
 
 def check_ablation(config: dict) -> None:
-    a, layers = config.get("ablation", {}), config.get("layers", [])
-    for layer in a.get("layers", []):
-        if layer != "location" and layers and layer not in layers:
+    a, layers = config["ablation"], config["layers"]
+    for layer in a["layers"]:
+        if layer != "location" and layer not in layers:
             raise ConfigError(f"config error: ablation.layers: {layer} is not in layers {layers}")
     names = [c["name"] for c in config["concepts"]]
-    for name in a.get("concepts") or []:
+    for name in a["concepts"] or []:
         if name not in names:
             raise ConfigError(f"config error: ablation.concepts: unknown concept {name!r} (have {names})")
 

@@ -1,29 +1,42 @@
-"""Summary: probe accuracy vs depth per concept, with ensemble spread, and the location."""
-from __future__ import annotations
+"""Summary: probe accuracy vs depth per concept, with ensemble spread, and the location.
 
-import json
-from pathlib import Path
+The concept's location is the layer with the highest ensemble-mean held-out accuracy;
+``location_index`` is the one definition every later stage uses.
+"""
+from __future__ import annotations
 
 import numpy as np
 
-from . import probes
+from .. import artifacts
+
+
+def location_index(acc) -> int:
+    """Index of the layer with the highest ensemble-mean accuracy (``acc``: members x layers)."""
+    return int(np.argmax(np.asarray(acc, float).mean(0)))
+
+
+def location(probes_path) -> str:
+    """The concept's location layer from its probes file."""
+    t = artifacts.probes_table(probes_path)
+    return t["layers"][location_index(t["heldout_bal_acc"])]
 
 
 def summarise(probe_paths: dict) -> dict:
     """{concept: {layers, mean, std, min, max, per_member, location, sparsity...}}."""
     out = {}
     for concept, path in sorted(probe_paths.items()):
-        s = probes.load_summary(path)
+        s = artifacts.probes_table(path)
         acc, k = s["heldout_bal_acc"], s["sparsity_k"]
         mean = acc.mean(0)
+        loc = location_index(acc)
         out[concept] = {
             "layers": s["layers"], "members": s["members"],
             "acc_mean": mean.tolist(), "acc_std": acc.std(0).tolist(),
             "acc_min": acc.min(0).tolist(), "acc_max": acc.max(0).tolist(),
             "acc_per_member": acc.tolist(),
             "sparsity_k_mean": k.mean(0).tolist(), "sparsity_k_per_member": k.tolist(),
-            "location": s["layers"][int(np.argmax(mean))],
-            "location_acc": float(mean.max()),
+            "location": s["layers"][loc],
+            "location_acc": float(mean[loc]),
         }
     return out
 
@@ -42,9 +55,6 @@ def format_table(summary: dict) -> str:
 
 
 def plot(summary: dict, path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
@@ -65,17 +75,15 @@ def plot(summary: dict, path) -> None:
         ax.legend(fontsize=8)
     axes[0].axhline(0.5, color="grey", ls="--", lw=0.8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    artifacts.save_figure(fig, path)
     plt.close(fig)
 
 
-def write(probe_paths: dict, json_path, png_path, txt_path) -> str:
-    summary = summarise(probe_paths)
-    Path(json_path).parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(json_path).with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(summary, indent=2))
-    plot(summary, png_path)
+def summary_stage(job) -> str:
+    """``input["probes"]``: {concept: probes file}; writes the JSON, the figure and the table."""
+    summary = summarise(job.input["probes"])
     table = format_table(summary)
-    Path(txt_path).write_text(table + "\n")
-    tmp.replace(json_path)
+    plot(summary, job.output["png"])
+    artifacts.write_text(job.output["txt"], table + "\n")
+    artifacts.write_summary(job.output["json"], summary)
     return table

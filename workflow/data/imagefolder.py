@@ -21,15 +21,28 @@ def list_images(folder: Path) -> list:
     return sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in EXTENSIONS)
 
 
+class ImageDecodeError(ValueError):
+    """An image file that cannot be decoded; the message names it."""
+
+
 def load_image(path, size: int) -> np.ndarray:
-    with Image.open(path) as im:
-        im = im.convert("RGB")
-        w, h = im.size
-        s = size / min(w, h)
-        im = im.resize((max(size, round(w * s)), max(size, round(h * s))), Image.BILINEAR)
-        w, h = im.size
-        left, top = (w - size) // 2, (h - size) // 2
-        return np.asarray(im.crop((left, top, left + size, top + size)), dtype=np.uint8)
+    try:
+        with Image.open(path) as im:
+            im.load()  # decode now: a truncated file fails here, named, not later
+            return _resize_crop(im.convert("RGB"), size)
+    except Exception as e:
+        raise ImageDecodeError(f"{path}: cannot decode image ({type(e).__name__}: {e}); "
+                               f"fix or remove the file") from e
+
+
+def _resize_crop(im, size: int) -> np.ndarray:
+    """Resize the shorter side to ``size`` (bilinear), then centre-crop to size x size."""
+    w, h = im.size
+    s = size / min(w, h)
+    im = im.resize((max(size, round(w * s)), max(size, round(h * s))), Image.BILINEAR)
+    w, h = im.size
+    left, top = (w - size) // 2, (h - size) // 2
+    return np.asarray(im.crop((left, top, left + size, top + size)), dtype=np.uint8)
 
 
 def load_images(paths, size: int, desc: str) -> np.ndarray:

@@ -1,20 +1,17 @@
-"""Gradient projectors for TRAK, all traker ``AbstractProjector``s.
+"""The sparse Johnson-Lindenstrauss projector (a traker ``AbstractProjector``).
 
-``sparse``: a sparse Johnson-Lindenstrauss transform of per-example gradients. Every gradient
-coordinate is hashed to ``s`` output buckets with random signs (scaled 1/sqrt(s)), so
-projecting costs O(s * grad_dim) per example and no grad_dim x proj_dim matrix is ever
-formed. The hash is drawn on the CPU from (seed, model_id), so CPU and GPU apply the
-same map. ``basic``: traker's dense Gaussian BasicProjector (slow on CPU). ``cuda``:
-traker's CudaProjector (needs the fast_jl kernel). ``noop``: no projection (tests).
-``factored`` (``factored.py``, the default through ``auto``): the same sparse map applied
-to per-layer gradients from hooks, without per-example full gradients.
+Every gradient coordinate is hashed to ``s`` output buckets with random signs (scaled
+1/sqrt(s)), so projecting costs O(s * grad_dim) per example and no grad_dim x proj_dim
+matrix is ever formed. The hash is drawn on the CPU from (seed, model_id), so CPU and GPU
+apply the same map. ``factored.FactoredProjector`` applies the same map to per-layer
+gradients taken from hooks.
 """
 from __future__ import annotations
 
 import math
 
 import torch
-from trak.projectors import AbstractProjector, BasicProjector, NoOpProjector, ProjectionType
+from trak.projectors import AbstractProjector, ProjectionType
 from trak.utils import vectorize
 
 
@@ -71,40 +68,3 @@ class SparseJLProjector(AbstractProjector):
         self._buckets = self._signs = None
         self.model_id = None
 
-
-def cuda_projector_available() -> bool:
-    try:
-        import fast_jl  # noqa: F401
-    except Exception:
-        return False
-    return torch.cuda.is_available()
-
-
-def make(kind: str, grad_dim: int, proj_dim: int, seed: int, device: str, model=None, layer_dim=None):
-    """A projector by config name. ``auto`` = traker's CUDA projector on a GPU with fast_jl
-    installed, else the factored projector where the model is built of Conv2d, Linear and
-    BatchNorm2d (every model this workflow trains), else the sparse JL projector.
-    ``device`` is "cpu" or "cuda"; ``model`` is needed by the factored projector."""
-    from .factored import FactoredProjector, supports
-
-    if kind == "auto":
-        if device == "cuda" and cuda_projector_available():
-            kind = "cuda"
-        else:
-            kind = "factored" if model is not None and supports(model) else "sparse"
-    if kind == "factored":
-        if model is None:
-            raise ValueError("trak.projector: factored needs the model")
-        return FactoredProjector(model, proj_dim, seed, device=device, layer_dim=layer_dim)
-    if kind == "sparse":
-        return SparseJLProjector(grad_dim, proj_dim, seed, device=device)
-    if kind == "basic":
-        return BasicProjector(grad_dim, proj_dim, seed, ProjectionType.rademacher, device, block_size=100,
-                              dtype=torch.float32)
-    if kind == "cuda":
-        from trak.projectors import CudaProjector
-
-        return CudaProjector(grad_dim, proj_dim, seed, ProjectionType.rademacher, device, max_batch_size=32)
-    if kind == "noop":
-        return NoOpProjector(grad_dim, grad_dim, seed, ProjectionType.rademacher, device)
-    raise ValueError(f"trak.projector: unknown projector {kind!r}")

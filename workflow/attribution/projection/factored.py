@@ -7,7 +7,7 @@ G = sum_p g_p a_p^T over output positions p (g_p: gradient at the layer's output
 the input patch). One batched forward and backward with hooks gives both factors for
 every layer; G is formed one layer at a time (a batched matmul with the FLOPs of the
 ordinary weight gradient) and hashed straight into the output by the sparse JL transform
-of ``projectors.SparseJLProjector``. With ``layer_dim`` unset this is exactly the
+of ``sparse.SparseJLProjector``. With ``layer_dim`` unset this is exactly the
 ``sparse`` projector's map, computed without ``torch.func.vmap``.
 
 With ``layer_dim`` set, a weight with more than ``layer_dim`` entries is first reduced
@@ -15,7 +15,7 @@ to Z = R_out^T G R_in = sum_p (R_out^T g_p)(R_in^T a_p)^T [d_out x d_in], d_out 
 <= layer_dim (``split_budget``): R_in^T a_p is a convolution of the input with d_in
 filters (same stride and padding), R_out^T g_p a 1x1 map, so G is never formed. Faster
 for wide layers, but a Kronecker-structured map distorts more than an i.i.d. one
-(README: fidelity table). BatchNorm scale/shift and biases keep their exact per-example
+(docs/method.md: fidelity table). BatchNorm scale/shift and biases keep their exact per-example
 gradients. The whole map is linear in the full gradient, so ``project`` also takes flat
 (or traker's dict) per-example gradients and gives the same result as the hook path;
 the tests check one against the other. All random maps are drawn on the CPU from
@@ -32,7 +32,7 @@ from torch import nn
 from trak.projectors import AbstractProjector, ProjectionType
 from trak.utils import vectorize
 
-from .projectors import SparseJLProjector
+from .sparse import SparseJLProjector
 
 SUPPORTED = (nn.Conv2d, nn.Linear, nn.BatchNorm2d)
 
@@ -135,7 +135,8 @@ class _Layer:
 
 class FactoredProjector(AbstractProjector):
     """traker ``AbstractProjector`` for a model built of Conv2d, Linear and BatchNorm2d
-    (eval mode). ``featurize(model, output_fn, x, model_id)`` is the fast path."""
+    (eval mode). ``featurize(model, output_fn, x, model_id)`` is the fast path, used
+    through ``gradients.HookGradients``."""
 
     def __init__(self, model: nn.Module, proj_dim: int, seed: int, proj_type=ProjectionType.rademacher,
                  device="cpu", layer_dim=None, nnz_per_column: int = 4):

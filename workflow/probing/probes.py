@@ -1,4 +1,4 @@
-"""Stage 4: linear concept probes and the L1-path probing-sparsity measure (SPEC "Measures").
+"""Stage 4: linear concept probes and the L1-path probing-sparsity measure.
 
 Dense probe: standardise (fit on the probe set's train split), then L2 logistic
 regression with C picked by stratified cross-validation on the train split. Accuracy is
@@ -7,11 +7,12 @@ balanced accuracy on the held-out split.
 Sparsity: walk an L1 regularisation path (C from sklearn's ``l1_min_c`` upward, log
 spaced); k is the smallest number of non-zero channels of a path probe whose held-out
 balanced accuracy reaches ``threshold`` x the dense probe's. If no point reaches it, k is
-the number of channels and ``reached`` is False.
+the number of channels and ``reached`` is False. The path's solver (liblinear) shuffles
+with a seed derived from the config's seed, the member, the layer and the concept, so the
+same activations always give the same k.
 """
 from __future__ import annotations
 
-import json
 import logging
 import warnings
 
@@ -22,7 +23,8 @@ from sklearn.metrics import balanced_accuracy_score
 from sklearn.model_selection import StratifiedKFold, cross_val_score
 from sklearn.svm import l1_min_c
 
-from . import h5io
+from .. import artifacts
+from ..seeding import derive_seed
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +64,7 @@ def balanced_accuracy(probe: dict, x, y) -> float:
 
 
 def sparsity(x_tr, y_tr, x_te, y_te, mean, scale, dense_acc: float, threshold: float,
-             n_points: int = 30, span: float = 1e3, max_iter: int = 2000) -> dict:
+             n_points: int = 30, span: float = 1e3, max_iter: int = 2000, seed: int = 0) -> dict:
     """Smallest channel count k on the L1 path reaching ``threshold * dense_acc`` held-out."""
     z_tr, z_te = (x_tr - mean) / scale, (x_te - mean) / scale
     c0 = l1_min_c(z_tr, y_tr, loss="log")
@@ -72,7 +74,7 @@ def sparsity(x_tr, y_tr, x_te, y_te, mean, scale, dense_acc: float, threshold: f
         warnings.simplefilter("ignore", ConvergenceWarning)
         for C in Cs:
             clf = LogisticRegression(C=C, l1_ratio=1.0, solver="liblinear", max_iter=max_iter,
-                                     intercept_scaling=100.0).fit(z_tr, y_tr)
+                                     intercept_scaling=100.0, random_state=seed).fit(z_tr, y_tr)
             nnz.append(int(np.count_nonzero(clf.coef_[0])))
             accs.append(float(balanced_accuracy_score(y_te, clf.predict(z_te))))
     nnz, accs = np.array(nnz), np.array(accs)
@@ -82,57 +84,32 @@ def sparsity(x_tr, y_tr, x_te, y_te, mean, scale, dense_acc: float, threshold: f
     return {"k": k, "reached": reached, "path_C": Cs, "path_nnz": nnz, "path_acc": accs}
 
 
-def load_activations(path) -> dict:
-    """{layer: [N, C_l]} from an activations file (no torch needed)."""
-    with h5io.read(path) as f:
-        return {str(k): f[k][()] for k in f.attrs["layers"]}
-
-
-def fit_concept(probe_set_path, activation_paths: dict, out_path, cfg: dict) -> None:
+def fit_concept(probe_set_path, activation_paths: dict, out_path, cfg: dict, concept: str) -> None:
     """Probes for one concept: every member (``activation_paths``: member -> file) x layer."""
     pcfg = cfg["probes"]
-    with h5io.read(probe_set_path) as f:
-        y, held = f["labels"][()].astype(np.int64), f["heldout"][()].astype(bool)
+    ps = artifacts.probe_set(probe_set_path, images=False)
+    y, held = ps["labels"], ps["heldout"]
     layers = list(cfg["layers"])
     members = sorted(activation_paths)
-    acc = np.zeros((len(members), len(layers)))
-    train_acc = np.zeros_like(acc)
-    k = np.zeros((len(members), len(layers)), dtype=np.int64)
-    with h5io.atomic_h5(out_path, cfg, layers=layers, members=members) as f:
-        for i, m in enumerate(members):
-            acts = load_activations(activation_paths[m])
-            for j, layer in enumerate(layers):
-                x = acts[layer].astype(np.float64)
-                dense = fit_dense(x[~held], y[~held], pcfg["Cs"], cfg["seed"], pcfg["max_iter"])
-                acc[i, j] = balanced_accuracy(dense, x[held], y[held])
-                train_acc[i, j] = balanced_accuracy(dense, x[~held], y[~held])
-                sp = sparsity(x[~held], y[~held], x[held], y[held], dense["mean"], dense["scale"], acc[i, j],
-                              pcfg["sparsity_threshold"], pcfg["path_points"], pcfg["path_span"], pcfg["max_iter"])
-                k[i, j] = sp["k"]
-                g = f.create_group(f"m{m}/{layer}")
-                for key in ("coef", "mean", "scale"):
-                    g.create_dataset(key, data=dense[key])
-                for key in ("path_C", "path_nnz", "path_acc"):
-                    g.create_dataset(key, data=sp[key])
-                g.attrs.update(intercept=dense["intercept"], C=dense["C"], heldout_bal_acc=acc[i, j],
-                               train_bal_acc=train_acc[i, j], sparsity_k=k[i, j], sparsity_reached=sp["reached"],
-                               n_channels=x.shape[1])
-                log.info("member %s %-7s acc %.3f (C=%g) sparsity k=%d/%d%s", m, layer, acc[i, j], dense["C"],
-                         k[i, j], x.shape[1], "" if sp["reached"] else " (not reached)")
-        f.create_dataset("heldout_bal_acc", data=acc)
-        f.create_dataset("train_bal_acc", data=train_acc)
-        f.create_dataset("sparsity_k", data=k)
+    fits = {}
+    for m in members:
+        acts = artifacts.activations(activation_paths[m])
+        for layer in layers:
+            x = acts[layer].astype(np.float64)
+            dense = fit_dense(x[~held], y[~held], pcfg["Cs"], cfg["seed"], pcfg["max_iter"])
+            acc = balanced_accuracy(dense, x[held], y[held])
+            sp = sparsity(x[~held], y[~held], x[held], y[held], dense["mean"], dense["scale"], acc,
+                          pcfg["sparsity_threshold"], pcfg["path_points"], pcfg["path_span"], pcfg["max_iter"],
+                          seed=derive_seed(cfg["seed"], "sparsity-path", concept, m, layer))
+            fits[(m, layer)] = {"probe": dense, "path": sp, "heldout_bal_acc": acc,
+                                "train_bal_acc": balanced_accuracy(dense, x[~held], y[~held]),
+                                "sparsity_k": sp["k"], "sparsity_reached": sp["reached"], "n_channels": x.shape[1]}
+            log.info("member %s %-7s acc %.3f (C=%g) sparsity k=%d/%d%s", m, layer, acc, dense["C"], sp["k"],
+                     x.shape[1], "" if sp["reached"] else " (not reached)")
+    artifacts.write_probes(out_path, cfg, layers, members, fits)
 
 
-def load_probe(path, member, layer) -> dict:
-    with h5io.read(path) as f:
-        g = f[f"m{member}/{layer}"]
-        return {"coef": g["coef"][()], "mean": g["mean"][()], "scale": g["scale"][()],
-                "intercept": float(g.attrs["intercept"]), "C": float(g.attrs["C"])}
-
-
-def load_summary(path) -> dict:
-    with h5io.read(path) as f:
-        return {"layers": [str(s) for s in f.attrs["layers"]], "members": [int(m) for m in f.attrs["members"]],
-                "heldout_bal_acc": f["heldout_bal_acc"][()], "sparsity_k": f["sparsity_k"][()],
-                "config": json.loads(f.attrs["config"])}
+def probes_stage(job) -> None:
+    """``input``: the concept's probe set and {member: activations file}."""
+    acts = {int(m): p for m, p in job.input["activations"].items()}
+    fit_concept(job.input["probe_set"], acts, job.output["probes"], job.params, job.wildcards["concept"])

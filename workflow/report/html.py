@@ -8,24 +8,16 @@ are PNG files next to index.html, referenced by relative paths.
 from __future__ import annotations
 
 import html
-import json
-import shutil
 from pathlib import Path
 
 import numpy as np
 import yaml
 
-from . import h5io
-from .ablation import concept_scores
-from .ablation import size as ablation_size
-
-SECTIONS = ("verdicts", "training", "accuracy", "sparsity", "scores", "enrichment", "images", "config")
+from .. import artifacts
+from ..ablation.sets import size as ablation_size
 
 
 def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     return plt
@@ -70,7 +62,7 @@ def depth_figure(compare: dict, summaries: dict, concepts: list, layers: list, k
     fig.suptitle("probe accuracy vs depth" if key == "acc" else "probing sparsity vs depth (smaller = sparser)",
                  fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    artifacts.save_figure(fig, path)
     plt.close(fig)
 
 
@@ -93,7 +85,7 @@ def scores_figure(scores: dict, truths: dict, locations: dict, k: int, path) -> 
         ax.set_xlabel("TRAK concept score")
         ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    artifacts.save_figure(fig, path)
     plt.close(fig)
 
 
@@ -112,7 +104,7 @@ def enrichment_figure(enrichment: dict, concepts: list, layers: list, path) -> N
         ax.set_title(f"{concept}: ground-truth share over base rate")
         ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    artifacts.save_figure(fig, path)
     plt.close(fig)
 
 
@@ -192,34 +184,31 @@ def render_html(compare: dict, config: dict, figures: dict, enrichment: dict, gr
 
 
 def build(files: dict, out: dict, cfg: dict) -> str:
-    """``files``: the report rule's named inputs; ``out``: its named outputs ({"html",
-    "accuracy", "sparsity", "scores", "enrichment", "grids": [...]}, all in one folder).
-    ``cfg``: {"concepts", "layers", "conditions", "ablation", "config"}. Returns the page's path."""
-    compare = json.loads(Path(files["compare"]).read_text())
+    """``files``: the report rule's named inputs (summaries by condition, scores by concept
+    and layer, probe sets and grids by concept); ``out``: its named outputs ({"html",
+    "accuracy", "sparsity", "scores", "enrichment", "grids": {concept: png}}, one folder).
+    ``cfg``: {"concepts", "layers", "ablation", "config"}. Returns the page's path."""
+    compare = artifacts.read_json(files["compare"])
     concepts, layers = list(cfg["concepts"]), list(cfg["layers"])
-    summaries = {c: json.loads(Path(p).read_text()) for c, p in zip(cfg["conditions"], files["summaries"])}
-    enrichment = json.loads(Path(files["enrichment"]).read_text())
+    summaries = {c: artifacts.summary(p) for c, p in files["summaries"].items()}
+    enrichment = artifacts.read_json(files["enrichment"])
     locations = {c: summaries["base"][c]["location"] for c in concepts}
-    scores, truths = {}, {}
-    for concept, probe_set in zip(concepts, files["probe_sets"]):
-        score_path = files["scores"][concepts.index(concept) * len(layers) + layers.index(locations[concept])]
-        scores[concept] = concept_scores(score_path)
-        with h5io.read(probe_set) as f:
-            if "train_concept_mask" in f:
-                truths[concept] = f["train_concept_mask"][()].astype(bool)
+    scores = {c: artifacts.concept_scores(files["scores"][c][locations[c]]) for c in concepts}
+    truths = {c: t for c in concepts if (t := artifacts.concept_truth(files["probe_sets"][c])) is not None}
     k = ablation_size(len(next(iter(scores.values()))), cfg["ablation"])
     depth_figure(compare, summaries, concepts, layers, "acc", out["accuracy"])
     depth_figure(compare, summaries, concepts, layers, "k", out["sparsity"])
     scores_figure(scores, truths, locations, k, out["scores"])
     enrichment_figure(enrichment, concepts, layers, out["enrichment"])
-    for src, dst in zip(files["grids"], out["grids"]):
-        shutil.copyfile(src, dst)
+    for c in concepts:
+        artifacts.copy(files["grids"][c], out["grids"][c])
     folder = Path(out["html"]).parent
     figures = {name: Path(out[name]).relative_to(folder).as_posix()
                for name in ("accuracy", "sparsity", "scores", "enrichment")}
-    grids = {c: Path(p).relative_to(folder).as_posix() for c, p in zip(concepts, out["grids"])}
-    page = render_html(compare, cfg["config"], figures, enrichment, grids)
-    tmp = Path(out["html"]).with_name(".index.html.tmp")
-    tmp.write_text(page)
-    tmp.replace(out["html"])
+    grids = {c: Path(out["grids"][c]).relative_to(folder).as_posix() for c in concepts}
+    artifacts.write_text(out["html"], render_html(compare, cfg["config"], figures, enrichment, grids))
     return str(Path(out["html"]).resolve())
+
+
+def report_stage(job) -> str:
+    return f"report: {build(job.input, job.output, job.params)}"

@@ -8,9 +8,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import checkpoints, imagesets
-from .models import build, resolve_device, to_input
-from .seeding import derive_seed, seed_everything
+from .. import artifacts
+from ..runtime import resolve_device
+from ..seeding import derive_seed, seed_everything
+from . import checkpoints
+from .resnet import build, to_input
 
 log = logging.getLogger(__name__)
 
@@ -42,26 +44,24 @@ def accuracy(model, images, labels, device, batch_size=512) -> float:
 
 
 def make_model(info: dict, model_cfg: dict):
-    arch = {"arch": model_cfg.get("arch", "resnet18"), "num_classes": info["num_classes"],
+    arch = {"arch": model_cfg["arch"], "num_classes": info["num_classes"],
             "width": model_cfg["width"], "image_size": info["image_size"],
             "mean": info["pixel_mean"], "std": info["pixel_std"]}
     return build(arch)
 
 
-def train_member(data_path, out_path, member: int, cfg: dict, train_indices=None,
-                 threads: int = 1) -> dict:
+def train_member(data_path, out_path, member: int, cfg: dict, train_indices=None) -> dict:
     """Train ensemble member ``member`` with the recipe ``cfg`` (keys: seed, model, train).
 
     ``train_indices`` restricts training to a subset of the train split (ablation).
     Returns the metrics stored with the checkpoint.
     """
     tcfg, seed = cfg["train"], derive_seed(cfg["seed"], "member", member)
-    torch.set_num_threads(max(1, threads))
     seed_everything(seed)
-    device = resolve_device(tcfg.get("device", "auto"))
-    info = imagesets.class_info(data_path)
-    x_train, y_train = imagesets.load_split(data_path, "train", train_indices)
-    x_test, y_test = imagesets.load_split(data_path, "test")
+    device = resolve_device(tcfg["device"])
+    info = artifacts.base_info(data_path)
+    x_train, y_train = artifacts.base_split(data_path, "train", train_indices)
+    x_test, y_test = artifacts.base_split(data_path, "test")
     model = make_model(info, cfg["model"]).to(device)
     opt = torch.optim.SGD(model.parameters(), lr=tcfg["lr"], momentum=tcfg["momentum"],
                           weight_decay=tcfg["weight_decay"], nesterov=True)
@@ -70,10 +70,10 @@ def train_member(data_path, out_path, member: int, cfg: dict, train_indices=None
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=tcfg["lr"], total_steps=epochs * steps_per_epoch,
                                                 pct_start=0.25, anneal_strategy="linear")
     gen = torch.Generator().manual_seed(seed)
-    every = tcfg.get("checkpoint_every", 0)
+    every = tcfg["checkpoint_every"]
     saved = {}
     log.info("member %d: %d train images, %d epochs, device %s, %d threads",
-             member, len(y_train), epochs, device, threads)
+             member, len(y_train), epochs, device, torch.get_num_threads())
     for epoch in range(1, epochs + 1):
         model.train()
         t0, total, n = time.time(), 0.0, 0
@@ -99,3 +99,10 @@ def train_member(data_path, out_path, member: int, cfg: dict, train_indices=None
     log.info("member %d: train acc %.4f, test acc %.4f", member, metrics["train_acc"], metrics["test_acc"])
     checkpoints.save(out_path, model, saved, metrics, cfg, arrays={"test_correct": test_correct})
     return metrics
+
+
+def train_stage(job) -> None:
+    """Base members train on the whole train split; an ablated condition's on its kept images."""
+    keep = artifacts.ablation(job.input["ablation"])["keep"] if "ablation" in job.input else None
+    train_member(job.input["data"], job.output["model"], int(job.wildcards["member"]), job.params,
+                 train_indices=keep)

@@ -7,8 +7,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from . import checkpoints, h5io
-from .models import resolve_device, to_input
+from .. import artifacts
+from ..model import checkpoints
+from ..model.resnet import to_input
+from ..runtime import resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -25,15 +27,16 @@ def pooled_activations(model, images: np.ndarray, layers, device, batch_size: in
     return {k: np.concatenate(v) for k, v in out.items()}
 
 
-def extract(model_path, images_path, out_path, cfg: dict, threads: int = 1) -> None:
+def extract(model_path, images_path, out_path, cfg: dict) -> None:
     """Write pooled activations of the images in ``images_path`` (a probe set) for ``cfg['layers']``."""
-    torch.set_num_threads(max(1, threads))
-    device = resolve_device(cfg["activations"].get("device", "auto"))
+    device = resolve_device(cfg["activations"]["device"])
     model = checkpoints.load(model_path, "final", device)
-    with h5io.read(images_path) as f:
-        images = f["images"][()]
+    images = artifacts.probe_set(images_path)["images"]
     acts = pooled_activations(model, images, cfg["layers"], device, cfg["activations"]["batch_size"])
-    with h5io.atomic_h5(out_path, cfg, layers=list(cfg["layers"])) as f:
-        for layer, a in acts.items():
-            f.create_dataset(layer, data=a)
-            log.info("%s: %s", layer, a.shape)
+    artifacts.write_activations(out_path, cfg, acts)
+    for layer, a in acts.items():
+        log.info("%s: %s", layer, a.shape)
+
+
+def activations_stage(job) -> None:
+    extract(job.input["model"], job.input["probe_set"], job.output["activations"], job.params)

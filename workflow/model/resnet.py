@@ -6,7 +6,6 @@ from torch import nn
 from torchvision.models.resnet import BasicBlock, ResNet
 
 LAYERS = ("input", "stem", "layer1", "layer2", "layer3", "layer4")
-DEFAULT_LAYERS = ("stem", "layer1", "layer2", "layer3", "layer4")
 
 
 class ScalableResNet18(ResNet):
@@ -84,10 +83,3 @@ def to_input(images_uint8) -> torch.Tensor:
     t = torch.as_tensor(images_uint8)
     return t.permute(0, 3, 1, 2).float().div_(255.0)
 
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device: 'cuda' requested but no CUDA device is available")
-    return torch.device(name)

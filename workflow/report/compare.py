@@ -1,4 +1,4 @@
-"""Stage 9a: compare every retrained condition with the base ensemble (SPEC "compare").
+"""Stage 9a: compare every retrained condition with the base ensemble.
 
 Per concept, layer and condition: the change in probe accuracy, in concept location
 and in probing sparsity, each with a 95% bootstrap interval over ensemble members.
@@ -13,13 +13,13 @@ images, or its comparison is flagged as meaningless.
 """
 from __future__ import annotations
 
-import json
 import logging
-from pathlib import Path
 
 import numpy as np
 
-from .seeding import rng as seeded_rng
+from .. import artifacts
+from ..probing.summary import location_index
+from ..seeding import rng as seeded_rng
 
 log = logging.getLogger(__name__)
 
@@ -42,11 +42,6 @@ def bootstrap(values: np.ndarray, statistic, n_boot: int, confidence: float, rng
 
 def excludes_zero(ci: dict) -> bool:
     return ci["lo"] > 0 or ci["hi"] < 0
-
-
-def location_index(acc: np.ndarray) -> int:
-    """Layer index with the highest ensemble-mean accuracy (acc: members x layers)."""
-    return int(np.argmax(np.asarray(acc).mean(0)))
 
 
 def test_acc(members: list, exclude=None) -> float:
@@ -164,45 +159,20 @@ def format_verdicts(result: dict) -> str:
     return "\n".join(lines)
 
 
-def write(result: dict, json_path, txt_path) -> str:
-    Path(json_path).parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(json_path).with_name(f".{Path(json_path).name}.tmp")
-    tmp.write_text(json.dumps(result, indent=2))
-    text = format_verdicts(result)
-    Path(txt_path).write_text(text + "\n")
-    tmp.replace(json_path)
-    return text
-
-
-def run(inputs: list, outputs: list, cfg: dict) -> str:
-    """Stage entry point. ``inputs``: one summary.json per condition (``cfg["conditions"]``,
-    base first), one ablation file per non-base condition, the model files
-    (condition-major, ``cfg["members"]`` within), then one probe set per ``cfg["concepts"]``.
-    ``outputs``: compare.json, verdicts.txt."""
-    from . import ablation, h5io
-
-    conds, members = list(cfg["conditions"]), list(cfg["members"])
-    concepts = list(cfg["concepts"])
-    n_c, n_m = len(conds), len(members)
-    if len(inputs) != n_c + (n_c - 1) + n_c * n_m + len(concepts):
-        raise SystemExit(f"compare: expected {n_c} summaries, {n_c - 1} ablation files, {n_c * n_m} models and "
-                         f"{len(concepts)} probe sets, got {len(inputs)} files")
-    summaries = {c: json.loads(Path(p).read_text()) for c, p in zip(conds, inputs[:n_c])}
+def compare_stage(job) -> str:
+    """``input``: summaries {condition: summary.json} (base included), ablations {condition:
+    set}, models {condition: {member: model file}}, probe_sets {concept: probe set}."""
+    i, cfg = job.input, job.params
+    summaries = {c: artifacts.summary(p) for c, p in i["summaries"].items()}
     ablations = {}
-    for c, p in zip(conds[1:], inputs[n_c:2 * n_c - 1]):
-        a = ablation.load(p)
-        ablations[c] = {k: a[k] for k in ("kind", "concept", "layer", "reason")}
-        ablations[c]["n_removed"] = int(a["n_removed"])
-    model_paths = inputs[2 * n_c - 1:2 * n_c - 1 + n_c * n_m]
-    test_masks = {}
-    for concept, p in zip(concepts, inputs[2 * n_c - 1 + n_c * n_m:]):
-        with h5io.read(p) as f:
-            if "test_concept_mask" in f:
-                test_masks[concept] = f["test_concept_mask"][()]
-    metrics = {}
-    for i, c in enumerate(conds):
-        metrics[c] = []
-        for j in range(n_m):
-            with h5io.read(model_paths[i * n_m + j]) as f:  # the metrics only: no torch needed
-                metrics[c].append({**json.loads(f.attrs["metrics"]), "test_correct": f["metrics/test_correct"][()]})
-    return write(compare(summaries, metrics, ablations, test_masks, cfg), *outputs)
+    for c, p in i["ablations"].items():
+        a = artifacts.ablation(p)
+        ablations[c] = {k: a[k] for k in ("kind", "concept", "layer", "reason", "n_removed")}
+    metrics = {c: [artifacts.model_metrics(by_member[m]) for m in sorted(by_member, key=int)]
+               for c, by_member in i["models"].items()}
+    test_masks = {c: t for c, p in i["probe_sets"].items() if (t := artifacts.concept_truth(p, "test")) is not None}
+    result = compare(summaries, metrics, ablations, test_masks, cfg)
+    text = format_verdicts(result)
+    artifacts.write_text(job.output["txt"], text + "\n")
+    artifacts.write_json(job.output["json"], result)
+    return text

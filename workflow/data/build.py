@@ -1,21 +1,16 @@
-"""Stage 1: materialise the base train/test sets and one probe set per concept (HDF5).
+"""Stage 1: materialise the base train/test sets and one probe set per concept.
 
-base.h5:   /train/{images,labels[,planted]}  /test/{images,labels[,planted]}
-           attrs: class_names, num_classes, image_size, pixel_mean, pixel_std
-probe_<concept>.h5: /images /labels (1 = concept present) /heldout (bool)
-           /train_concept_mask, /test_concept_mask (ground truth per base train/test
-           image, when known)
+The file layouts are owned by ``workflow.artifacts`` (``write_base``, ``write_probe_set``).
 """
 from __future__ import annotations
 
-import json
 import logging
 
 import numpy as np
 
-from . import h5io
-from .datasets import cifar10, imagefolder, synthetic
-from .seeding import rng as seeded_rng
+from .. import artifacts
+from ..seeding import rng as seeded_rng
+from . import cifar10, imagefolder, synthetic
 
 log = logging.getLogger(__name__)
 
@@ -30,10 +25,10 @@ def load_base(cfg: dict) -> dict:
         te = synthetic.generate(s["n_test"], seed, "test", s["planted_fraction"], d["image_size"])
         return {"train": tr, "test": te, "class_names": list(synthetic.CLASS_NAMES)}
     if name == "cifar10":
-        return cifar10.load(d["root"], d.get("download", False))
+        return cifar10.load(d["root"], d["download"])
     if name == "imagefolder":
-        return imagefolder.load(d["root"], d["image_size"], d.get("subset_fraction", 1.0),
-                                d.get("test_fraction", 0.1), seeded_rng(seed, "imagefolder-subset"))
+        return imagefolder.load(d["root"], d["image_size"], d["subset_fraction"], d["test_fraction"],
+                                seeded_rng(seed, "imagefolder-subset"))
     raise ValueError(f"dataset.name: unknown dataset {name!r}")
 
 
@@ -42,23 +37,16 @@ def build_base(cfg: dict, out_path) -> None:
     x_train = data["train"][0]
     mean = x_train.reshape(-1, 3).mean(0) / 255.0
     std = x_train.reshape(-1, 3).std(0) / 255.0
-    with h5io.atomic_h5(out_path, cfg, class_names=json.dumps(data["class_names"]),
-                        num_classes=len(data["class_names"]), image_size=x_train.shape[1],
-                        pixel_mean=mean, pixel_std=std) as f:
-        for split in ("train", "test"):
-            arrays = data[split]
-            g = f.create_group(split)
-            g.create_dataset("images", data=arrays[0], chunks=(min(256, len(arrays[0])),) + arrays[0].shape[1:])
-            g.create_dataset("labels", data=arrays[1])
-            if len(arrays) > 2:
-                g.create_dataset("planted", data=arrays[2])
-            log.info("%s: %d images, %d classes", split, len(arrays[1]), len(np.unique(arrays[1])))
+    splits = {split: data[split] for split in ("train", "test")}
+    artifacts.write_base(out_path, cfg, splits, data["class_names"], mean, std)
+    for split, arrays in splits.items():
+        log.info("%s: %d images, %d classes", split, len(arrays[1]), len(np.unique(arrays[1])))
 
 
-def resolve_classes(spec, class_names) -> list:
+def resolve_classes(wanted, class_names) -> list:
     """Class ids from a list of ids and/or names; a clear error for unknown ones."""
     ids = []
-    for c in spec:
+    for c in wanted:
         if isinstance(c, str) and not c.isdigit():
             if c not in class_names:
                 raise ValueError(f"concepts: unknown class name {c!r}")
@@ -93,12 +81,10 @@ def build_probe_set(cfg: dict, concept: dict, base_path, out_path) -> None:
     """Probe set of ``concept``; ``cfg = {seed, dataset, probe_set}``."""
     d, seed, n = cfg["dataset"], cfg["seed"], cfg["probe_set"]["size"]
     rng = seeded_rng(seed, "probe-set", concept["name"])
-    with h5io.read(base_path) as f:
-        class_names = json.loads(f.attrs["class_names"])
-        train_labels = f["train/labels"][()]
-        train_planted = f["train/planted"][()] if "planted" in f["train"] else None
-        test_labels = f["test/labels"][()]
-        test_planted = f["test/planted"][()] if "planted" in f["test"] else None
+    class_names = artifacts.base_info(base_path)["class_names"]
+    train, test = artifacts.base_labels(base_path, "train"), artifacts.base_labels(base_path, "test")
+    train_labels, train_planted = train["labels"], train["planted"]
+    test_labels, test_planted = test["labels"], test["planted"]
     kind, truth, test_truth = concept["kind"], None, None
     if kind == "planted":
         if d["name"] != "synthetic":
@@ -119,8 +105,7 @@ def build_probe_set(cfg: dict, concept: dict, base_path, out_path) -> None:
             images, _, _ = synthetic.generate(n, seed, f"probe/{concept['name']}",
                                               d["synthetic"]["planted_fraction"], d["image_size"], labels=labels)
         else:
-            with h5io.read(base_path) as f:
-                test_x, test_y = f["test/images"][()], f["test/labels"][()]
+            test_x, test_y = artifacts.base_split(base_path, "test")
             images, lab01 = _balanced_from(test_x, np.isin(test_y, ids).astype(np.int64), n, rng)
     elif kind == "folders":
         pos = imagefolder.list_images(concept["positives"])
@@ -136,13 +121,18 @@ def build_probe_set(cfg: dict, concept: dict, base_path, out_path) -> None:
     else:
         raise ValueError(f"concepts.{concept['name']}.kind: unknown kind {kind!r}")
     heldout = split_heldout(lab01, cfg["probe_set"]["heldout_fraction"], rng)
-    with h5io.atomic_h5(out_path, {**cfg, "concept": concept}, concept=concept["name"]) as f:
-        f.create_dataset("images", data=images)
-        f.create_dataset("labels", data=lab01)
-        f.create_dataset("heldout", data=heldout)
-        if truth is not None:
-            f.create_dataset("train_concept_mask", data=np.asarray(truth, bool))
-        if test_truth is not None:
-            f.create_dataset("test_concept_mask", data=np.asarray(test_truth, bool))
+    artifacts.write_probe_set(out_path, {**cfg, "concept": concept}, concept["name"], images, lab01, heldout,
+                              truth, test_truth)
     log.info("probe set %s: %d images (%d positive), %d held out", concept["name"], len(lab01),
              int(lab01.sum()), int(heldout.sum()))
+
+
+def base_stage(job) -> None:
+    build_base(job.params, job.output["data"])
+
+
+def probe_set_stage(job) -> None:
+    cfg = job.params
+    concept = next(c for c in cfg["concepts"] if c["name"] == job.wildcards["concept"])
+    build_probe_set({k: v for k, v in cfg.items() if k != "concepts"}, concept, job.input["base"],
+                    job.output["probe_set"])

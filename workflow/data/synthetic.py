@@ -1,4 +1,4 @@
-"""Seeded synthetic images: shapes on textured backgrounds (SPEC "synthetic").
+"""Seeded synthetic images: shapes on textured backgrounds, with planted ground truth.
 
 Every image is 32x32 RGB (``size`` is configurable): one of ten shape classes drawn in a
 random colour, position, size and small rotation over a grating background. The

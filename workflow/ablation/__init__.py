@@ -1,0 +1,2 @@
+"""Stage 7, ablation: the training sets with the top-attributed images (or a control
+set) removed, as index lists over the base train split."""

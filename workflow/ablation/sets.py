@@ -1,0 +1,135 @@
+"""Stage 7: ablated training sets.
+
+Conditions, each retrained with the base ensemble's recipe and seeds:
+
+- ``top-<concept>``: the k training images with the highest TRAK concept score at the
+  concept's location layer (the base ensemble's most decodable layer);
+  ``top-<concept>-<layer>`` at a named layer instead (``ablation.layers``).
+- ``random``: k images drawn with a seed (the null: same size, no attribution).
+- ``oracle-<concept>``: every training image that carries the concept by ground truth
+  (synthetic planted concepts, class-group concepts): the positive control.
+
+k is ``ablation.top_k`` if set, else ``round(ablation.fraction * n_train)``.
+Each set is an HDF5 file (``artifacts.write_ablation``): ``keep`` and ``removed`` (sorted
+train indices), the score of each removed image where one exists, and a one-line ``reason``.
+"""
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from .. import artifacts
+from ..probing.summary import location as concept_location
+from ..seeding import rng as seeded_rng
+
+log = logging.getLogger(__name__)
+
+CONCEPT_KINDS_WITH_TRUTH = ("planted", "classes")
+
+
+def conditions(config: dict) -> dict:
+    """{condition name: design} for the ablation block of a resolved ``config``.
+
+    design = {"kind": "top"|"random"|"oracle", "concept": name|None, "layer": layer|"location"|None}.
+    """
+    a = config["ablation"]
+    concepts = {c["name"]: c for c in config["concepts"]}
+    chosen = a["concepts"] or list(concepts)
+    out = {}
+    for name in chosen:
+        for layer in a["layers"]:
+            cond = f"top-{name}" if layer == "location" else f"top-{name}-{layer}"
+            out[cond] = {"kind": "top", "concept": name, "layer": layer}
+    controls = a["controls"]
+    if "random" in controls:
+        out["random"] = {"kind": "random", "concept": None, "layer": None}
+    if "oracle" in controls:
+        for name in chosen:
+            if concepts[name]["kind"] in CONCEPT_KINDS_WITH_TRUTH:
+                out[f"oracle-{name}"] = {"kind": "oracle", "concept": name, "layer": None}
+    return out
+
+
+def size(n_train: int, cfg: dict) -> int:
+    """k, the number of images a top-k or random condition removes."""
+    k = cfg["top_k"]
+    if k is None:
+        k = int(round(cfg["fraction"] * n_train))
+    if not 0 < k < n_train:
+        raise ValueError(f"ablation: k={k} must be between 1 and n_train-1={n_train - 1} "
+                         f"(ablation.top_k / ablation.fraction)")
+    return int(k)
+
+
+def top_k(scores: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the k highest scores (ties broken by the lower index), sorted."""
+    order = np.lexsort((np.arange(len(scores)), -np.asarray(scores)))
+    return np.sort(order[:k])
+
+
+def random_k(n_train: int, k: int, seed: int) -> np.ndarray:
+    return np.sort(seeded_rng(seed, "ablation", "random").choice(n_train, size=k, replace=False))
+
+
+def oracle(truth: np.ndarray) -> np.ndarray:
+    return np.flatnonzero(np.asarray(truth, bool))
+
+
+def build(design: dict, n_train: int, cfg: dict, scores=None, truth=None, location=None):
+    """(removed indices, their scores or None, reason) for one condition ``design``."""
+    kind = design["kind"]
+    if kind == "top":
+        k = size(n_train, cfg)
+        if scores is None or len(scores) != n_train:
+            raise ValueError(f"ablation {design}: need {n_train} concept scores")
+        removed = top_k(scores, k)
+        layer = design["layer"] if design["layer"] != "location" else location
+        where = f"{layer} (its location in the base ensemble)" if design["layer"] == "location" else layer
+        reason = f"top-{k} training images by TRAK concept score of {design['concept']!r} at {where}"
+        return removed, np.asarray(scores)[removed], reason
+    if kind == "random":
+        k = size(n_train, cfg)
+        return random_k(n_train, k, cfg["seed"]), None, f"{k} training images drawn at random (seed {cfg['seed']})"
+    if kind == "oracle":
+        if truth is None or len(truth) != n_train:
+            raise ValueError(f"ablation {design}: need the ground-truth concept mask of the {n_train} train images")
+        removed = oracle(truth)
+        return removed, None, (f"all {len(removed)} training images that carry {design['concept']!r} "
+                               f"by ground truth (positive control)")
+    raise ValueError(f"ablation: unknown kind {kind!r}")
+
+
+def make(condition: str, cfg: dict, base_path, out_path, probes_path=None, score_paths=None,
+         probe_set_path=None) -> dict:
+    """Build and write the ablated set of ``condition`` (``cfg["design"]``).
+
+    top: ``probes_path`` (base probes, for the location) and ``score_paths`` {layer: scores
+    file}; oracle: ``probe_set_path`` (its ground truth of the train images).
+    """
+    design = cfg["design"]
+    n_train = artifacts.base_info(base_path)["n_train"]
+    scores = truth = location = None
+    if design["kind"] == "top":
+        layer = design["layer"]
+        if layer == "location":
+            location = layer = concept_location(probes_path)
+        if layer not in score_paths:
+            raise ValueError(f"ablation {condition}: no scores for layer {layer!r} (have {list(score_paths)})")
+        scores = artifacts.concept_scores(score_paths[layer])
+    elif design["kind"] == "oracle":
+        truth = artifacts.concept_truth(probe_set_path)
+        if truth is None:
+            raise ValueError(f"{probe_set_path}: no ground truth for {design['concept']!r}; "
+                             f"drop 'oracle' from ablation.controls")
+    removed, removed_scores, reason = build(design, n_train, cfg, scores, truth, location)
+    artifacts.write_ablation(out_path, cfg, condition, design, n_train, removed, removed_scores, reason,
+                             layer=location or (design["layer"] if design["kind"] == "top" else None))
+    log.info("%s: %s; %d of %d kept", condition, reason, n_train - len(removed), n_train)
+    return {"n_removed": len(removed), "reason": reason}
+
+
+def ablate_stage(job) -> None:
+    i = job.input
+    make(job.wildcards["condition"], job.params, i["data"], job.output["ablation"], probes_path=i.get("probes"),
+         score_paths=i.get("scores"), probe_set_path=i.get("probe_set"))

@@ -1,0 +1,324 @@
+"""The on-disk format of every artefact the workflow writes: one writer and one reader each.
+
+Torch-free (numpy, h5py, json), so every stage, test and notebook can read any
+intermediate. Writes go through ``atomic`` (temporary name, then rename); reads detect
+corrupt files and name them.
+
+=================  =========================================================================
+artefact           layout
+=================  =========================================================================
+base data          /train/{images,labels[,planted]} /test/{...}; attrs class_names,
+                   num_classes, image_size, pixel_mean, pixel_std
+probe set          /images /labels (1 = concept) /heldout; /train_concept_mask and
+                   /test_concept_mask where the ground truth of base images is known
+model              /final/<param> [/epoch_NNNN/<param>] /metrics/test_correct;
+                   attrs arch, metrics, checkpoints
+activations        /<layer> [N, C_l] pooled activations; attr layers
+probes             /m<member>/<layer>/{coef,mean,scale,path_*} + attrs; /heldout_bal_acc,
+                   /train_bal_acc, /sparsity_k [members x layers]
+summary            JSON {concept: {layers, acc_*, sparsity_*, location, ...}}
+features (shard)   /grads /out_to_loss /indices; attrs of the projector and model
+features           /grads /out_to_loss /x_xtx_inv; same attrs
+scores             /per_target [T, n] /concept_score [n] /target_indices; JSON enrichment
+ablation set       /removed /keep [/removed_scores]; attrs kind, concept, layer, reason
+compare, verdicts  JSON and text
+=================  =========================================================================
+"""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from . import atomic
+from .atomic import json_attr, reading
+
+# -- base data --------------------------------------------------------------------------------
+
+
+def write_base(path, cfg: dict, splits: dict, class_names: list, pixel_mean, pixel_std) -> None:
+    """``splits``: {"train": (images, labels[, planted]), "test": (...)}."""
+    x = splits["train"][0]
+    with atomic.h5(path, cfg, class_names=json.dumps(list(class_names)), num_classes=len(class_names),
+                   image_size=x.shape[1], pixel_mean=np.asarray(pixel_mean), pixel_std=np.asarray(pixel_std)) as f:
+        for split, arrays in splits.items():
+            g = f.create_group(split)
+            g.create_dataset("images", data=arrays[0], chunks=(max(1, min(256, len(arrays[0]))),) + arrays[0].shape[1:])
+            g.create_dataset("labels", data=arrays[1])
+            if len(arrays) > 2 and arrays[2] is not None:
+                g.create_dataset("planted", data=arrays[2])
+
+
+def base_info(path) -> dict:
+    """Class names and the image statistics the model normalises with."""
+    with reading(path) as f:
+        return {"class_names": json_attr(f, "class_names"), "num_classes": int(f.attrs["num_classes"]),
+                "image_size": int(f.attrs["image_size"]),
+                "pixel_mean": list(map(float, f.attrs["pixel_mean"])),
+                "pixel_std": list(map(float, f.attrs["pixel_std"])),
+                "n_train": int(f["train/labels"].shape[0]), "n_test": int(f["test/labels"].shape[0])}
+
+
+def base_labels(path, split: str) -> dict:
+    """{"labels", "planted" (or None)} of a split, without its images."""
+    with reading(path) as f:
+        g = f[split]
+        return {"labels": g["labels"][()].astype(np.int64),
+                "planted": g["planted"][()].astype(bool) if "planted" in g else None}
+
+
+def base_split(path, split: str, indices=None):
+    """(images uint8 [N,H,W,3], labels int64 [N]) of ``split`` ("train"/"test").
+
+    ``indices`` (any order) selects rows, returned in that order.
+    """
+    with reading(path) as f:
+        if split not in f:
+            raise KeyError(f"{path}: no split {split!r} (have {sorted(f.keys())})")
+        g = f[split]
+        if indices is None:
+            return g["images"][()], g["labels"][()].astype(np.int64)
+        idx = np.asarray(indices, dtype=np.int64)
+        order = np.argsort(idx, kind="stable")
+        inv = np.empty_like(order)
+        inv[order] = np.arange(len(order))
+        srt = idx[order]
+        return g["images"][srt][inv], g["labels"][srt][inv].astype(np.int64)
+
+
+# -- probe sets -------------------------------------------------------------------------------
+
+
+def write_probe_set(path, cfg: dict, concept: str, images, labels, heldout, train_truth=None,
+                    test_truth=None) -> None:
+    with atomic.h5(path, cfg, concept=concept) as f:
+        f.create_dataset("images", data=images)
+        f.create_dataset("labels", data=np.asarray(labels, np.int64))
+        f.create_dataset("heldout", data=np.asarray(heldout, bool))
+        if train_truth is not None:
+            f.create_dataset("train_concept_mask", data=np.asarray(train_truth, bool))
+        if test_truth is not None:
+            f.create_dataset("test_concept_mask", data=np.asarray(test_truth, bool))
+
+
+def probe_set(path, images: bool = True) -> dict:
+    """{"labels" 0/1, "heldout" bool[, "images"]} of a concept's probe set."""
+    with reading(path) as f:
+        out = {"labels": f["labels"][()].astype(np.int64), "heldout": f["heldout"][()].astype(bool)}
+        if images:
+            out["images"] = f["images"][()]
+        return out
+
+
+def probe_set_images(path, indices) -> np.ndarray:
+    with reading(path) as f:
+        return f["images"][np.sort(np.asarray(indices))] if len(indices) else f["images"][:0]
+
+
+def concept_truth(path, split: str = "train"):
+    """Ground-truth concept mask of every base ``split`` image, or None where unknown."""
+    with reading(path) as f:
+        key = f"{split}_concept_mask"
+        return f[key][()].astype(bool) if key in f else None
+
+
+# -- models -----------------------------------------------------------------------------------
+
+
+def write_model(path, cfg: dict, arch: dict, states: dict, metrics: dict, arrays=None) -> None:
+    """``states``: {"final" | "epoch_NNNN": {param: numpy array}}; ``metrics`` as attributes;
+    per-example ``arrays`` (e.g. test_correct) under /metrics."""
+    names = sorted(k for k in states if k != "final") + ["final"]
+    with atomic.h5(path, cfg, arch=json.dumps(arch), metrics=json.dumps(metrics),
+                   checkpoints=json.dumps(names)) as f:
+        for k, v in metrics.items():
+            f.attrs[k] = v
+        for k, v in (arrays or {}).items():
+            f.create_dataset(f"metrics/{k}", data=v)
+        for name in names:
+            g = f.create_group(name)
+            for k, v in states[name].items():
+                g.create_dataset(k, data=v)
+
+
+def model_state(path, checkpoint: str = "final"):
+    """(arch dict, {param: numpy array}) of one checkpoint."""
+    with reading(path) as f:
+        if checkpoint not in f:
+            raise KeyError(f"{path}: no checkpoint {checkpoint!r} (have {json_attr(f, 'checkpoints')})")
+        return json_attr(f, "arch"), {k: np.array(v) for k, v in f[checkpoint].items()}
+
+
+def model_metrics(path) -> dict:
+    """The stored metrics and the per-test-image correctness (no weights)."""
+    with reading(path) as f:
+        return {**json_attr(f, "metrics"), "test_correct": f["metrics/test_correct"][()].astype(bool)}
+
+
+def model_checkpoints(path) -> list:
+    with reading(path) as f:
+        return json_attr(f, "checkpoints")
+
+
+# -- activations ------------------------------------------------------------------------------
+
+
+def write_activations(path, cfg: dict, acts: dict) -> None:
+    with atomic.h5(path, cfg, layers=list(acts)) as f:
+        for layer, a in acts.items():
+            f.create_dataset(layer, data=a)
+
+
+def activations(path) -> dict:
+    """{layer: float [N, C_l]}."""
+    with reading(path) as f:
+        return {str(k): f[k][()] for k in f.attrs["layers"]}
+
+
+# -- probes -----------------------------------------------------------------------------------
+
+PROBE_ARRAYS = ("coef", "mean", "scale")
+PATH_ARRAYS = ("path_C", "path_nnz", "path_acc")
+
+
+def write_probes(path, cfg: dict, layers: list, members: list, fits: dict) -> None:
+    """``fits``: {(member, layer): {"probe": {coef, mean, scale, intercept, C}, "path": {...},
+    "heldout_bal_acc", "train_bal_acc", "sparsity_k", "sparsity_reached", "n_channels"}}."""
+    shape = (len(members), len(layers))
+    table = {key: np.zeros(shape, np.int64 if key == "sparsity_k" else np.float64)
+             for key in ("heldout_bal_acc", "train_bal_acc", "sparsity_k")}
+    with atomic.h5(path, cfg, layers=list(layers), members=list(members)) as f:
+        for i, m in enumerate(members):
+            for j, layer in enumerate(layers):
+                fit = fits[(m, layer)]
+                g = f.create_group(f"m{m}/{layer}")
+                for key in PROBE_ARRAYS:
+                    g.create_dataset(key, data=fit["probe"][key])
+                for key in PATH_ARRAYS:
+                    g.create_dataset(key, data=fit["path"][key])
+                g.attrs.update(intercept=fit["probe"]["intercept"], C=fit["probe"]["C"],
+                               **{k: fit[k] for k in ("heldout_bal_acc", "train_bal_acc", "sparsity_k",
+                                                      "sparsity_reached", "n_channels")})
+                for key in table:
+                    table[key][i, j] = fit[key]
+        for key, arr in table.items():
+            f.create_dataset(key, data=arr)
+
+
+def probe(path, member, layer) -> dict:
+    """One fitted probe: {coef, mean, scale, intercept, C}."""
+    with reading(path) as f:
+        g = f[f"m{member}/{layer}"]
+        return {**{k: g[k][()] for k in PROBE_ARRAYS}, "intercept": float(g.attrs["intercept"]),
+                "C": float(g.attrs["C"])}
+
+
+def probes_table(path) -> dict:
+    """{layers, members, heldout_bal_acc, train_bal_acc, sparsity_k [members x layers], config}."""
+    with reading(path) as f:
+        return {"layers": [str(s) for s in f.attrs["layers"]], "members": [int(m) for m in f.attrs["members"]],
+                **{k: f[k][()] for k in ("heldout_bal_acc", "train_bal_acc", "sparsity_k")},
+                "config": json_attr(f, "config")}
+
+
+# -- JSON and text outputs --------------------------------------------------------------------
+
+
+def write_summary(path, summary: dict) -> None:
+    atomic.write_json(path, summary)
+
+
+def summary(path) -> dict:
+    return atomic.read_json(path)
+
+
+write_json = atomic.write_json
+read_json = atomic.read_json
+write_text = atomic.write_text
+save_figure = atomic.save_figure
+copy = atomic.copy
+
+
+# -- TRAK features ----------------------------------------------------------------------------
+
+FEATURE_ATTRS = ("proj_dim", "proj_seed", "projector", "layer_dim", "device_type", "precision", "model_hash",
+                 "n_train", "checkpoint", "member", "model_id", "grad_dim")
+
+
+def write_feature_shard(path, cfg: dict, attrs: dict, indices, grads, out_to_loss) -> None:
+    with atomic.h5(path, cfg, **attrs) as f:
+        f.create_dataset("grads", data=grads)
+        f.create_dataset("out_to_loss", data=out_to_loss)
+        f.create_dataset("indices", data=indices)
+
+
+def feature_shard(path) -> dict:
+    """{"attrs", "indices", "grads", "out_to_loss"}; an unreadable shard is named."""
+    with reading(path) as f:
+        return {"attrs": feature_attrs_of(f), "indices": f["indices"][()], "grads": f["grads"][()],
+                "out_to_loss": f["out_to_loss"][()]}
+
+
+def write_features(path, cfg: dict, attrs: dict, grads, out_to_loss, x_xtx_inv) -> None:
+    with atomic.h5(path, cfg, **attrs) as f:
+        f.create_dataset("grads", data=grads)
+        f.create_dataset("out_to_loss", data=out_to_loss)
+        f.create_dataset("x_xtx_inv", data=x_xtx_inv)
+
+
+def features(path, arrays=("x_xtx_inv", "out_to_loss")) -> dict:
+    """{"attrs", <arrays>} of gathered features."""
+    with reading(path) as f:
+        return {"attrs": feature_attrs_of(f), **{k: f[k][()] for k in arrays}}
+
+
+def feature_attrs_of(f) -> dict:
+    return {k: atomic.attr(f.attrs[k]) for k in f.attrs if k not in ("config", "versions")}
+
+
+# -- TRAK scores ------------------------------------------------------------------------------
+
+
+def write_scores(path, cfg: dict, concept: str, layer: str, per_target, target_indices, n_models: int) -> None:
+    per_target = np.asarray(per_target, np.float32)
+    with atomic.h5(path, cfg, concept=concept, layer=layer, n_models=n_models) as f:
+        f.create_dataset("per_target", data=per_target)
+        f.create_dataset("concept_score", data=per_target.mean(0))
+        f.create_dataset("target_indices", data=np.asarray(target_indices, np.int64))
+
+
+def concept_scores(path) -> np.ndarray:
+    """One score per training image (mean over the concept's targets)."""
+    with reading(path) as f:
+        return f["concept_score"][()]
+
+
+def per_target_scores(path):
+    """(per_target [T, n], target_indices [T]): each target's score of every training image."""
+    with reading(path) as f:
+        return f["per_target"][()], f["target_indices"][()]
+
+
+# -- ablation sets ----------------------------------------------------------------------------
+
+
+def write_ablation(path, cfg: dict, condition: str, design: dict, n_train: int, removed, removed_scores,
+                   reason: str, layer=None) -> None:
+    removed = np.sort(np.asarray(removed, np.int64))
+    keep = np.ones(n_train, bool)
+    keep[removed] = False
+    with atomic.h5(path, cfg, condition=condition, kind=design["kind"], concept=design.get("concept") or "",
+                   layer=layer or "", n_train=n_train, n_removed=len(removed), reason=reason) as f:
+        f.create_dataset("removed", data=removed)
+        f.create_dataset("keep", data=np.flatnonzero(keep))
+        if removed_scores is not None:
+            f.create_dataset("removed_scores", data=np.asarray(removed_scores, np.float64))
+
+
+def ablation(path) -> dict:
+    """{"keep", "removed", "kind", "concept", "layer", "reason", "n_train", "n_removed", ...}."""
+    with reading(path) as f:
+        out = {k: f[k][()] for k in ("keep", "removed")}
+        out.update({k: atomic.attr(v) for k, v in f.attrs.items() if k not in ("config", "versions")})
+    out["n_train"], out["n_removed"] = int(out["n_train"]), int(out["n_removed"])
+    return out

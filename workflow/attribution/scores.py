@@ -1,0 +1,122 @@
+"""Stage 6: TRAK scores whose target is a concept probe, and their ground-truth check.
+
+For concept c, layer l: target images are the concept's held-out positives (a seeded
+subset of at most ``trak.max_targets``). For each model checkpoint, the target side is
+the projected gradient of probe_{c,l,m}(standardise(pool(h_l(x)))) with respect to the
+network's parameters, projected with the same projector (same seed, model id) as the
+training features. Models combine as traker's ``finalize_scores`` does:
+
+    scores[i, t] = mean_m( X_m (X_m^T X_m)^-1 g_m(t) )[i] * mean_m(out_to_loss_m[i])
+
+The concept score of training image i is the mean over targets.
+"""
+from __future__ import annotations
+
+import json
+import logging
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from .. import artifacts
+from ..model.resnet import to_input
+from ..probing.probe_function import ProbeOutput
+from ..seeding import rng as seeded_rng
+from .features import setup
+
+log = logging.getLogger(__name__)
+
+
+def target_indices(probe_set_path, max_targets: int, seed: int, concept: str) -> np.ndarray:
+    """The concept's held-out positives in its probe set (a seeded subset of ``max_targets``)."""
+    ps = artifacts.probe_set(probe_set_path, images=False)
+    idx = np.flatnonzero(ps["heldout"] & (ps["labels"] == 1))
+    if len(idx) > max_targets:
+        idx = np.sort(seeded_rng(seed, "trak-targets", concept).choice(idx, max_targets, replace=False))
+    return idx
+
+
+def target_gradients(model, grads, fn, images, model_id: int, batch_size: int) -> np.ndarray:
+    """Projected per-example gradients [T, k] of the batched output ``fn(model, x) -> [B]``."""
+    device = next(model.parameters()).device
+    out = [grads(model, fn, to_input(images[s:s + batch_size]).to(device), model_id=model_id)[0].float().cpu()
+           for s in range(0, len(images), batch_size)]
+    return torch.cat(out).numpy()
+
+
+def probe_gradients(model, grads, probe: dict, layer: str, images, model_id: int, batch_size: int) -> np.ndarray:
+    """Projected per-example gradients [T, k] of the probe's output at ``layer``."""
+    fn = ProbeOutput(probe, layer, device=next(model.parameters()).device)
+    return target_gradients(model, grads, fn, images, model_id, batch_size)
+
+
+def combine(parts) -> np.ndarray:
+    """TRAK's ensemble rule over models m: parts = [(x_xtx_inv_m [n,k], target_grads_m [T,k],
+    out_to_loss_m [n]), ...] -> scores [T, n] = (mean_m X_m(X_m^T X_m)^-1 g_m) * mean_m out_to_loss_m.
+
+    ``parts`` may be a generator: one model's features are held in memory at a time.
+    """
+    acc = otl = None
+    n = 0
+    for x, g, o in parts:
+        kernel = np.asarray(x, np.float64) @ np.asarray(g, np.float64).T
+        acc = kernel if acc is None else acc + kernel
+        otl = np.asarray(o, np.float64) if otl is None else otl + o
+        n += 1
+    return ((acc / n) * (otl / n)[:, None]).T
+
+
+def enrichment(scores: np.ndarray, truth: np.ndarray, fraction: float, seed: int) -> dict:
+    """Precision of ground-truth images among the top-k over their base rate, and the same
+    figure for a seeded random ranking (the null, about 1)."""
+    k = max(1, int(round(fraction * len(scores))))
+    base = float(truth.mean())
+    top = np.argsort(-scores, kind="stable")[:k]
+    bottom = np.argsort(scores, kind="stable")[:k]
+    rand = seeded_rng(seed, "enrichment-null").permutation(len(scores))[:k]
+    return {"k": k, "base_rate": base, "top_precision": float(truth[top].mean()),
+            "enrichment": float(truth[top].mean() / base) if base > 0 else float("nan"),
+            "bottom_enrichment": float(truth[bottom].mean() / base) if base > 0 else float("nan"),
+            "random_enrichment": float(truth[rand].mean() / base) if base > 0 else float("nan")}
+
+
+def score(concept: str, layer: str, probe_set_path, probes_path, models: dict, features: dict,
+          out_path, json_path, cfg: dict) -> dict:
+    """``models``: {member: model file}; ``features``: {(member, checkpoint): gathered features}."""
+    tcfg = cfg["trak"]
+    tidx = target_indices(probe_set_path, tcfg["max_targets"], cfg["seed"], concept)
+    if len(tidx) == 0:
+        raise ValueError(f"{probe_set_path}: concept {concept!r} has no held-out positives to use as TRAK targets")
+    timages = artifacts.probe_set_images(probe_set_path, tidx)
+
+    def parts():
+        for (member, ckpt) in tqdm(sorted(features), desc=f"score {concept}/{layer}"):
+            model, grads, attrs = setup(models[member], ckpt, member, tcfg)
+            feats = artifacts.features(features[(member, ckpt)])
+            for key, value in attrs.items():  # same projector, device, seed, model, checkpoint
+                if feats["attrs"][key] != value:
+                    raise ValueError(f"{features[(member, ckpt)]}: features were made with {key}="
+                                     f"{feats['attrs'][key]!r} but scoring would use {value!r}; rerun featurize "
+                                     f"with the same trak settings")
+            probe = artifacts.probe(probes_path, member, layer)
+            g = probe_gradients(model, grads, probe, layer, timages, attrs["model_id"], tcfg["batch_size"])
+            yield feats["x_xtx_inv"], g, feats["out_to_loss"]
+
+    per_target = combine(parts()).astype(np.float32)   # [targets, n_train]
+    result = {"concept": concept, "layer": layer, "n_targets": int(len(tidx)), "n_models": len(features)}
+    truth = artifacts.concept_truth(probe_set_path)
+    if truth is not None:
+        result.update(enrichment(per_target.mean(0), truth, tcfg["top_fraction"], cfg["seed"]))
+    artifacts.write_scores(out_path, cfg, concept, layer, per_target, tidx, len(features))
+    artifacts.write_json(json_path, result)
+    log.info("%s/%s: %s", concept, layer, json.dumps(result))
+    return result
+
+
+def score_stage(job) -> None:
+    """``input``: probe_set, probes, models {member: file}, features {member: {checkpoint: file}}."""
+    models = {int(m): p for m, p in job.input["models"].items()}
+    features = {(int(m), c): p for m, by_ckpt in job.input["features"].items() for c, p in by_ckpt.items()}
+    score(job.wildcards["concept"], job.wildcards["layer"], job.input["probe_set"], job.input["probes"], models,
+          features, job.output["scores"], job.output["enrichment"], job.params)

@@ -1,0 +1,27 @@
+"""Model checkpoints as torch modules: the bridge between ``artifacts`` model files
+(numpy arrays) and ``resnet.ScalableResNet18``."""
+from __future__ import annotations
+
+import torch
+
+from .. import artifacts
+from .resnet import build
+
+
+def save(path, model, intermediate: dict, metrics: dict, config: dict, arrays=None) -> None:
+    """Write the final weights, intermediate ``{epoch: state_dict}``, metrics and per-example
+    ``arrays`` (e.g. test_correct) atomically."""
+    def numpy(state):
+        return {k: v.detach().cpu().numpy() for k, v in state.items()}
+
+    states = {f"epoch_{e:04d}": numpy(s) for e, s in intermediate.items()}
+    states["final"] = numpy(model.state_dict())
+    artifacts.write_model(path, config, model.arch, states, metrics, arrays)
+
+
+def load(path, which: str = "final", device="cpu"):
+    """Rebuild the model stored in ``path`` with the weights of checkpoint ``which`` (eval mode)."""
+    arch, state = artifacts.model_state(path, which)
+    model = build(arch)
+    model.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()})
+    return model.to(device).eval()
