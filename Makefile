@@ -18,7 +18,8 @@ $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 
 demo: venv
 	$(BIN)/snakemake --cores all
-	@cat results/demo/base/summary.txt results/demo/base/trak/enrichment.txt results/demo/compare/verdicts.txt
+	@cat results/demo/base/summary.txt results/demo/base/trak/enrichment.txt results/demo/compare/verdicts.txt \
+		results/demo/validate/*.txt
 	@echo "report: $(CURDIR)/results/demo/report/index.html"
 
 test: venv test-deps

@@ -2,7 +2,7 @@
 # Stages (docs/method.md): data -> train -> activations -> probes -> summary
 #                          -> TRAK featurize (sharded) -> gather -> score -> trak_report
 #                          -> ablate -> train/activations/probes again per condition
-#                          -> compare -> report_html.
+#                          -> validate (the counterfactual check) -> compare -> report_html.
 # The workflow package must be installed (`make venv` does it: pip install -e .).
 import yaml
 
@@ -30,6 +30,7 @@ include: "rules/probes.smk"
 include: "rules/summary.smk"
 include: "rules/trak.smk"
 include: "rules/ablate.smk"
+include: "rules/validate.smk"
 include: "rules/report.smk"
 
 
@@ -44,4 +45,5 @@ rule all:
         rules.summary.input,
         f"{RESULTS}/base/trak/enrichment.json",
         f"{RESULTS}/compare/verdicts.txt",
+        expand(f"{RESULTS}/validate/{{concept}}.txt", concept=CONCEPTS),
         f"{RESULTS}/report/index.html",

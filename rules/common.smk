@@ -152,14 +152,13 @@ FEATURIZE_KEYS = ("proj_dim", "proj_seed", "projector", "layer_dim", "device", "
 
 
 def ablation_params(condition):
-    """Only what decides this condition's removed set: a fraction edit reruns top-k and
-    random sets, not the oracle."""
-    design, a = ABLATIONS[condition], config["ablation"]
-    size = {"fraction": a["fraction"], "top_k": a["top_k"]}
-    if design["kind"] == "top":
-        return {"design": design, **size, "layers": LAYERS if design["layer"] == "location" else [design["layer"]]}
+    """Only what decides this condition's removed set (its design carries its size): a
+    fraction edit rebuilds the sets of that size, not the oracle."""
+    design = ABLATIONS[condition]
+    if design["kind"] in ("top", "bottom"):
+        return {"design": design, "layers": LAYERS if design["layer"] == "location" else [design["layer"]]}
     if design["kind"] == "random":
-        return {"design": design, **size, "seed": config["seed"]}
+        return {"design": design, "seed": config["seed"]}
     return {"design": design}
 
 
@@ -187,7 +186,7 @@ def train_inputs(w):
 def ablate_inputs(w):
     design = ABLATIONS[w.condition]
     files = {"data": BASE}
-    if design["kind"] == "top":
+    if design["kind"] in ("top", "bottom"):
         layers = LAYERS if design["layer"] == "location" else [design["layer"]]
         files["probes"] = f"{RESULTS}/base/probes/{design['concept']}.h5"  # the location
         files["scores"] = keyed(f"{RESULTS}/base/trak/scores/{design['concept']}/{{layer}}.h5", layer=layers)

@@ -38,6 +38,7 @@ REPORT_INPUTS = {
     "scores": keyed(partial(SCORES, condition="base"), concept=CONCEPTS, layer=LAYERS),
     "enrichment": f"{RESULTS}/base/trak/enrichment.json",
     "grids": keyed(f"{RESULTS}/base/trak/top_bottom_{{concept}}.png", concept=CONCEPTS),
+    "validate": keyed(VALIDATE_OUTPUTS["json"], concept=CONCEPTS),
 }
 REPORT_OUTPUTS = {
     "html": f"{REPORT}/index.html",
@@ -45,6 +46,7 @@ REPORT_OUTPUTS = {
     "sparsity": f"{REPORT}/sparsity.png",
     "scores": f"{REPORT}/scores.png",
     "enrichment": f"{REPORT}/enrichment.png",
+    "curves": f"{REPORT}/curves.png",
     "grids": keyed(f"{REPORT}/top_bottom_{{concept}}.png", concept=CONCEPTS),
 }
 
@@ -59,10 +61,12 @@ rule report_html:
         scores=report(REPORT_OUTPUTS["scores"], caption="../captions/scores.rst", category="Attribution"),
         enrichment=report(REPORT_OUTPUTS["enrichment"], caption="../captions/enrichment.rst",
                           category="Attribution"),
+        curves=report(REPORT_OUTPUTS["curves"], caption="../captions/curves.rst", category="Validation"),
         grids=report(leaves(REPORT_OUTPUTS["grids"]), caption="../captions/top_bottom.rst", category="Attribution"),
     params:
         cfg=lambda w: as_json({"concepts": CONCEPTS, "layers": LAYERS,
-                               "ablation": {k: config["ablation"][k] for k in ("fraction", "top_k")},
+                               "ablation": {"fraction": config["ablation"]["fractions"][0],
+                                            "top_k": config["ablation"]["top_k"]},
                                # the config shown on the page: all of it but thread counts
                                "config": {k: v for k, v in config.items() if k != "threads"}}),
         files=stage_files(REPORT_INPUTS, REPORT_OUTPUTS),

@@ -7,17 +7,18 @@ from workflow import artifacts
 from workflow.ablation import sets as ablation
 
 N = 500
-CFG = {"fraction": 0.08, "top_k": None, "seed": 3}
+SIZE = {"fraction": 0.08, "top_k": None}
+CFG = {**SIZE, "seed": 3}
 
 
 def scores(seed=0):
     return np.random.default_rng(seed).normal(size=N)
 
 
-@pytest.mark.parametrize("kind", ["top", "random"])
+@pytest.mark.parametrize("kind", ["top", "bottom", "random"])
 @pytest.mark.parametrize("cfg, k", [(CFG, 40), ({**CFG, "top_k": 17}, 17), ({**CFG, "fraction": 0.5}, 250)])
 def test_sets_have_the_requested_size_and_partition_the_train_set(kind, cfg, k):
-    design = {"kind": kind, "concept": "c", "layer": "layer2"}
+    design = {"kind": kind, "concept": "c", "layer": "layer2", "fraction": cfg["fraction"], "top_k": cfg["top_k"]}
     removed, _, reason = ablation.build(design, N, cfg, scores=scores())
     keep = np.setdiff1d(np.arange(N), removed)
     assert len(removed) == k and len(np.unique(removed)) == k
@@ -29,22 +30,30 @@ def test_sets_have_the_requested_size_and_partition_the_train_set(kind, cfg, k):
 
 def test_top_k_takes_the_highest_scores():
     s = scores()
-    removed, removed_scores, _ = ablation.build({"kind": "top", "concept": "c", "layer": "layer3"}, N, CFG, scores=s)
+    removed, removed_scores, _ = ablation.build({"kind": "top", "concept": "c", "layer": "layer3", **SIZE}, N, CFG,
+                                                scores=s)
     assert removed_scores.min() >= np.delete(s, removed).max()
     np.testing.assert_array_equal(removed_scores, s[removed])
+    low, low_scores, reason = ablation.build({"kind": "bottom", "concept": "c", "layer": "layer3", **SIZE}, N, CFG,
+                                             scores=s)
+    assert low_scores.max() <= np.delete(s, low).min() and "lowest" in reason
+    assert not np.intersect1d(removed, low).size
     # ties are broken by the lower index, so the set is a function of the scores alone
     assert np.array_equal(ablation.top_k(np.zeros(10), 3), [0, 1, 2])
 
 
 def test_random_control_is_reproducible_from_the_seed_and_differs_from_top_k():
-    design = {"kind": "random", "concept": None, "layer": None}
+    design = {"kind": "random", "concept": None, "layer": None, **SIZE}
     a, _, _ = ablation.build(design, N, CFG)
     b, _, _ = ablation.build(design, N, CFG)
     c, _, _ = ablation.build(design, N, {**CFG, "seed": 4})
     assert np.array_equal(a, b) and not np.array_equal(a, c)
-    top, _, _ = ablation.build({"kind": "top", "concept": "c", "layer": "stem"}, N, CFG, scores=scores())
+    top, _, _ = ablation.build({"kind": "top", "concept": "c", "layer": "stem", **SIZE}, N, CFG, scores=scores())
     assert len(top) == len(a) and not np.array_equal(top, a)
     assert len(np.intersect1d(top, a)) < len(a) // 2
+    # random sets of different sizes are nested: a removal curve adds images, never swaps them
+    big, _, _ = ablation.build({**design, "fraction": 0.16}, N, CFG)
+    assert np.isin(a, big).all() and len(big) == 80
 
 
 def test_oracle_removes_exactly_the_ground_truth_images():
@@ -54,22 +63,26 @@ def test_oracle_removes_exactly_the_ground_truth_images():
     assert "positive control" in reason and str(truth.sum()) in reason
 
 
-@pytest.mark.parametrize("cfg", [{**CFG, "top_k": N}, {**CFG, "fraction": 0.0001}])
+@pytest.mark.parametrize("cfg", [{**SIZE, "top_k": N}, {**SIZE, "fraction": 0.0001}])
 def test_impossible_sizes_are_clear_errors(cfg):
-    with pytest.raises(ValueError, match="ablation.top_k / ablation.fraction"):
+    with pytest.raises(ValueError, match="ablation.top_k / ablation.fractions"):
         ablation.size(N, cfg)
 
 
 def test_condition_names_from_config():
     config = {"concepts": [{"name": "snakes", "kind": "classes"}, {"name": "hilo", "kind": "planted"},
                            {"name": "fold", "kind": "folders"}],
-              "ablation": {"layers": ["location", "layer3"], "controls": ["random", "oracle"], "concepts": None}}
+              "ablation": {"layers": ["location", "layer3"], "controls": ["random", "oracle"], "concepts": None,
+                           "fractions": [0.08], "top_k": None}}
     conds = ablation.conditions(config)
     assert list(conds) == ["top-snakes", "top-snakes-layer3", "top-hilo", "top-hilo-layer3", "top-fold",
                            "top-fold-layer3", "random", "oracle-snakes", "oracle-hilo"]  # no truth for folders
-    assert conds["top-hilo-layer3"] == {"kind": "top", "concept": "hilo", "layer": "layer3"}
-    config["ablation"].update(controls=[], concepts=["hilo"], layers=["location"])
-    assert list(ablation.conditions(config)) == ["top-hilo"]
+    assert conds["top-hilo-layer3"] == {"kind": "top", "concept": "hilo", "layer": "layer3", **SIZE}
+    config["ablation"].update(controls=["bottom"], concepts=["hilo"], layers=["location"], fractions=[0.08, 0.02])
+    assert list(ablation.conditions(config)) == ["top-hilo", "bottom-hilo", "top-hilo@0.02", "bottom-hilo@0.02"]
+    config["ablation"].update(controls=["random"], top_k=50)
+    assert list(ablation.conditions(config)) == ["top-hilo", "random"]
+    assert ablation.conditions(config)["random"]["top_k"] == 50
 
 
 def _files(tmp_path, truth):
@@ -98,7 +111,7 @@ def test_make_writes_every_kind_and_top_uses_the_location_layer(tmp_path):
     truth = np.arange(N) % 7 == 0
     base, probe_set, probes, score_paths = _files(tmp_path, truth)
     out = tmp_path / "top.h5"
-    ablation.make("top-c", {"design": {"kind": "top", "concept": "c", "layer": "location"}, **CFG,
+    ablation.make("top-c", {"design": {"kind": "top", "concept": "c", "layer": "location", **SIZE}, **CFG,
                             "layers": ["stem", "layer2"]}, base, out, probes_path=probes, score_paths=score_paths)
     a = artifacts.ablation(out)
     assert a["layer"] == "layer2" and a["kind"] == "top" and "layer2 (its location" in a["reason"]
@@ -108,7 +121,7 @@ def test_make_writes_every_kind_and_top_uses_the_location_layer(tmp_path):
     ablation.make("oracle-c", {"design": {"kind": "oracle", "concept": "c", "layer": None}}, base,
                   tmp_path / "oracle.h5", probe_set_path=probe_set)
     assert np.array_equal(artifacts.ablation(tmp_path / "oracle.h5")["removed"], np.flatnonzero(truth))
-    ablation.make("random", {"design": {"kind": "random", "concept": None, "layer": None}, **CFG}, base,
+    ablation.make("random", {"design": {"kind": "random", "concept": None, "layer": None, **SIZE}, **CFG}, base,
                   tmp_path / "random.h5")
     r = artifacts.ablation(tmp_path / "random.h5")
     assert len(r["removed"]) == 40 and len(r["keep"]) == N - 40

@@ -70,11 +70,55 @@ def test_pooled_activations_match_forward_hooks():
     assert got["layer4"].shape == (7, 32)
 
 
-def test_augment_is_seeded_and_shape_preserving():
-    x = torch.rand(6, 3, 32, 32)
-    a = train.augment(x, torch.Generator().manual_seed(0), 2, True)
-    b = train.augment(x, torch.Generator().manual_seed(0), 2, True)
-    assert a.shape == x.shape and torch.equal(a, b)
+def test_batched_augment_equals_per_image_crops_and_flips():
+    x = torch.rand(6, 3, 8, 8)
+    ox, oy = torch.tensor([0, 1, 2, 3, 4, 2]), torch.tensor([4, 3, 2, 1, 0, 2])
+    flip = torch.tensor([True, False, True, False, False, True])
+    got = train.augment(x, ox, oy, flip, shift=2)
+    padded = F.pad(x, (2,) * 4, mode="reflect")
+    for i in range(6):
+        want = padded[i, :, oy[i]:oy[i] + 8, ox[i]:ox[i] + 8]
+        assert torch.equal(got[i], want.flip(2) if flip[i] else want)
+    assert torch.equal(train.augment(x, ox, oy, None, shift=0), x)
+
+
+def test_paired_order_skips_exactly_the_removed_indices():
+    n, removed = 50, np.array([3, 17, 18, 40])
+    kept = np.ones(n, bool)
+    kept[removed] = False
+    for epoch_seed in range(3):
+        base = train.epoch_draws(torch.Generator().manual_seed(epoch_seed), n, 2)
+        twin = train.epoch_draws(torch.Generator().manual_seed(epoch_seed), n, 2)   # the twin's own stream
+        order = train.kept_order(twin[0], kept)
+        # the base order with exactly the removed images taken out, nothing else moved
+        assert order.tolist() == [i for i in base[0].tolist() if i not in set(removed)]
+        for b, t in zip(base[1:], twin[1:]):       # every remaining image gets the same view
+            assert torch.equal(b[order], t[order])
+
+
+def tiny_base(tmp_path, n=96):
+    from workflow.data import build as data
+
+    cfg = completed({"seed": 0, "dataset": {"name": "synthetic", "image_size": 32,
+                                            "synthetic": {"n_train": n, "n_test": 16, "planted_fraction": 0.3}}})
+    data.build_base(cfg, tmp_path / "base.h5")
+    return completed({"seed": 0, "model": {"width": 2},
+                      "train": {"epochs": 2, "batch_size": 32, "lr": 0.05, "device": "cpu"}})
+
+
+def test_zero_removal_reproduces_the_base_weights_bit_for_bit(tmp_path):
+    tcfg = tiny_base(tmp_path)
+    train.train_member(tmp_path / "base.h5", tmp_path / "base_m0.h5", 0, tcfg)
+    train.train_member(tmp_path / "base.h5", tmp_path / "none_m0.h5", 0, tcfg, train_indices=np.arange(96))
+    keep = np.setdiff1d(np.arange(96), [5, 50])
+    train.train_member(tmp_path / "base.h5", tmp_path / "two_m0.h5", 0, tcfg, train_indices=keep)
+    _, base = artifacts.model_state(tmp_path / "base_m0.h5")
+    _, none = artifacts.model_state(tmp_path / "none_m0.h5")
+    _, two = artifacts.model_state(tmp_path / "two_m0.h5")
+    assert all(np.array_equal(base[k], none[k]) for k in base)
+    assert not all(np.array_equal(base[k], two[k]) for k in base)   # removing two images is a different run
+    with pytest.raises(ValueError, match="sorted, unique base indices"):
+        train.train_member(tmp_path / "base.h5", tmp_path / "bad.h5", 0, tcfg, train_indices=[3, 2])
 
 
 @pytest.mark.cuda

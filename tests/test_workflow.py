@@ -19,7 +19,7 @@ MEMBERS = range(TINY["ensemble"]["size"])
 LAYERS = TINY["layers"]
 N_CKPT, N_SHARDS = len(TINY["trak"]["checkpoints"]), TINY["trak"]["shards"]
 N_SCORE = len(CONCEPTS) * len(LAYERS)
-CONDITIONS = ["top-hilo", "random", "oracle-hilo"]  # tiny.yaml ablates hilo only
+CONDITIONS = ["top-hilo", "bottom-hilo", "random", "oracle-hilo"]  # tiny.yaml ablates hilo only
 N_COND = 1 + len(CONDITIONS)
 
 
@@ -99,6 +99,7 @@ def jobs_after_edit(workdir, tmp_path, section, key, value) -> dict:
 N = len(MEMBERS)
 C = len(CONCEPTS)
 REPORT = {"compare": 1, "report_html": 1, "all": 1}
+VALIDATE = {"validate": C}
 
 
 def retrain(n_conditions):
@@ -120,19 +121,19 @@ EDITS = {
     # probes move the location, so the top-k set is rebuilt and its condition retrained
     "probe edit: probes everywhere, the top-k condition, not other training": (
         ("probes", "sparsity_threshold", 0.9),
-        plus({"probes": C * N_COND, "summarize": N_COND, "score": N_SCORE, "trak_report": 1, "ablate": 1},
-             retrain(1), {"probes": -C, "summarize": -1}, REPORT)),
+        plus({"probes": C * N_COND, "summarize": N_COND, "score": N_SCORE, "trak_report": 1, "ablate": 2},
+             retrain(2), {"probes": -2 * C, "summarize": -2}, REPORT, VALIDATE)),
     "training edit: every condition and TRAK, not data or the random/oracle sets": (
         ("train", "epochs", 3),
-        plus(retrain(N_COND), TRAK, {"ablate": 1}, REPORT)),
-    "TRAK target edit: scoring and the top-k condition": (
+        plus(retrain(N_COND), TRAK, {"ablate": 2}, REPORT, VALIDATE)),
+    "TRAK target edit: scoring and the top-k and bottom-k conditions": (
         ("trak", "max_targets", 5),
-        plus({"score": N_SCORE, "trak_report": 1, "ablate": 1}, retrain(1), REPORT)),
-    "projector edit: features, scores and the top-k condition": (
-        ("trak", "layer_dim", 4096), plus(TRAK, {"ablate": 1}, retrain(1), REPORT)),
-    "ablation size: the top-k and random conditions, not the oracle": (
-        ("ablation", "fraction", 0.1), plus({"ablate": 2}, retrain(2), REPORT)),
-    "bootstrap edit: compare and report only": (("compare", "n_boot", 300), REPORT),
+        plus({"score": N_SCORE, "trak_report": 1, "ablate": 2}, retrain(2), REPORT, VALIDATE)),
+    "projector edit: features, scores and the top-k and bottom-k conditions": (
+        ("trak", "layer_dim", 4096), plus(TRAK, {"ablate": 2}, retrain(2), REPORT, VALIDATE)),
+    "ablation size: the top-k, bottom-k and random conditions, not the oracle": (
+        ("ablation", "fractions", [0.1]), plus({"ablate": 3}, retrain(3), REPORT, VALIDATE)),
+    "interval level: validate, compare and report only": (("compare", "confidence", 0.9), plus(REPORT, VALIDATE)),
     "thread count: nothing": (("threads", "probes", 2), {}),
 }
 
@@ -203,7 +204,7 @@ def test_sigkill_mid_training_then_rerun_matches_uninterrupted(tiny_run, tmp_pat
 def test_ablated_conditions_are_retrained_with_the_base_seeds(tiny_run):
     res = tiny_run / "results" / "tiny"
     n_train = TINY["dataset"]["synthetic"]["n_train"]
-    k = round(TINY["ablation"]["fraction"] * n_train)
+    k = round(TINY["ablation"]["fractions"][0] * n_train)
     sets = {}
     for cond in CONDITIONS:
         with h5py.File(res / "ablation" / f"{cond}.h5") as f:
@@ -214,7 +215,8 @@ def test_ablated_conditions_are_retrained_with_the_base_seeds(tiny_run):
                     h5py.File(res / "base" / "models" / f"m{m}.h5") as b:
                 assert f.attrs["n_train"] == n_train - len(sets[cond])
                 assert f.attrs["seed"] == b.attrs["seed"]  # same recipe, same seed as the base member
-    assert len(sets["top-hilo"]) == len(sets["random"]) == k
+    assert len(sets["top-hilo"]) == len(sets["bottom-hilo"]) == len(sets["random"]) == k
+    assert not np.intersect1d(sets["top-hilo"], sets["bottom-hilo"]).size
     with h5py.File(res / "data" / "probe_hilo.h5") as f:
         assert np.array_equal(sets["oracle-hilo"], np.flatnonzero(f["train_concept_mask"][()]))
     verdicts = (res / "compare" / "verdicts.txt").read_text()
@@ -224,7 +226,8 @@ def test_ablated_conditions_are_retrained_with_the_base_seeds(tiny_run):
     assert verdict_lines == CONCEPTS * len(CONDITIONS)
 
 
-REPORT_SECTIONS = ["verdicts", "training", "accuracy", "sparsity", "scores", "enrichment", "images", "config"]
+REPORT_SECTIONS = ["verdicts", "validation", "curves", "training", "accuracy", "sparsity", "scores", "enrichment",
+                   "images", "config"]
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
@@ -261,7 +264,7 @@ def test_report_has_every_section_and_no_broken_image_in_chromium(tiny_run, tmp_
     report = tiny_run / "results" / "tiny" / "report"
     page = open_in_chromium(report / "index.html", tmp_path / "report.png")
     assert page["sections"] == REPORT_SECTIONS
-    assert page["images"] == 4 + len(CONCEPTS) and page["broken"] == []
+    assert page["images"] == 5 + len(CONCEPTS) and page["broken"] == []
     for cond in CONDITIONS:
         assert cond in page["text"]
     assert "location" in page["text"] and "planted_fraction" in page["text"]  # verdicts and the config

@@ -21,6 +21,7 @@ STAGES = {
     "score": ("workflow.attribution.scores", "score_stage", True),
     "trak-report": ("workflow.attribution.report", "trak_report_stage", False),
     "ablate": ("workflow.ablation.sets", "ablate_stage", False),
+    "validate": ("workflow.validation.validate", "validate_stage", False),
     "compare": ("workflow.report.compare", "compare_stage", False),
     "report": ("workflow.report.html", "report_stage", False),
 }

@@ -1,17 +1,22 @@
 """Stage 7: ablated training sets.
 
-Conditions, each retrained with the base ensemble's recipe and seeds:
+Conditions, each retrained paired with the base run (same seeds, order and augmentation):
 
 - ``top-<concept>``: the k training images with the highest TRAK concept score at the
   concept's location layer (the base ensemble's most decodable layer);
   ``top-<concept>-<layer>`` at a named layer instead (``ablation.layers``).
-- ``random``: k images drawn with a seed (the null: same size, no attribution).
+- ``bottom-<concept>``: the k lowest scores (images that work against the concept).
+- ``random``: k images drawn with a seed (the null: same size, no attribution). Random
+  sets are nested across sizes (the first k of one seeded permutation).
 - ``oracle-<concept>``: every training image that carries the concept by ground truth
   (synthetic planted concepts, class-group concepts): the positive control.
 
-k is ``ablation.top_k`` if set, else ``round(ablation.fraction * n_train)``.
-Each set is an HDF5 file (``artifacts.write_ablation``): ``keep`` and ``removed`` (sorted
-train indices), the score of each removed image where one exists, and a one-line ``reason``.
+k is ``ablation.top_k`` if set, else ``round(fraction * n_train)`` for each fraction of
+``ablation.fractions``. The first fraction is the main comparison (plain names); the
+others are the points of the removal curves, named with an ``@<fraction>`` suffix
+(``top-curved@0.02``, ``random@0.02``). Each set is an HDF5 file
+(``artifacts.write_ablation``): ``keep`` and ``removed`` (sorted train indices), the
+score of each removed image where one exists, and a one-line ``reason``.
 """
 from __future__ import annotations
 
@@ -26,24 +31,36 @@ from ..seeding import rng as seeded_rng
 log = logging.getLogger(__name__)
 
 CONCEPT_KINDS_WITH_TRUTH = ("planted", "classes")
+SCORED = ("top", "bottom")
+
+
+def sizes(a: dict) -> list:
+    """[(name suffix, {"fraction", "top_k"})] of the ablation block: the main size first."""
+    if a["top_k"] is not None:
+        return [("", {"fraction": None, "top_k": a["top_k"]})]
+    return [("" if i == 0 else f"@{f:g}", {"fraction": f, "top_k": None}) for i, f in enumerate(a["fractions"])]
 
 
 def conditions(config: dict) -> dict:
     """{condition name: design} for the ablation block of a resolved ``config``.
 
-    design = {"kind": "top"|"random"|"oracle", "concept": name|None, "layer": layer|"location"|None}.
+    design = {"kind": "top"|"bottom"|"random"|"oracle", "concept": name|None,
+    "layer": layer|"location"|None, "fraction", "top_k"} (oracles have no size).
     """
     a = config["ablation"]
     concepts = {c["name"]: c for c in config["concepts"]}
     chosen = a["concepts"] or list(concepts)
-    out = {}
-    for name in chosen:
-        for layer in a["layers"]:
-            cond = f"top-{name}" if layer == "location" else f"top-{name}-{layer}"
-            out[cond] = {"kind": "top", "concept": name, "layer": layer}
     controls = a["controls"]
-    if "random" in controls:
-        out["random"] = {"kind": "random", "concept": None, "layer": None}
+    out = {}
+    for suffix, size_ in sizes(a):
+        for name in chosen:
+            for layer in a["layers"]:
+                stem = name if layer == "location" else f"{name}-{layer}"
+                for kind in ("top", "bottom"):
+                    if kind == "top" or kind in controls:
+                        out[f"{kind}-{stem}{suffix}"] = {"kind": kind, "concept": name, "layer": layer, **size_}
+        if "random" in controls:
+            out[f"random{suffix}"] = {"kind": "random", "concept": None, "layer": None, **size_}
     if "oracle" in controls:
         for name in chosen:
             if concepts[name]["kind"] in CONCEPT_KINDS_WITH_TRUTH:
@@ -51,14 +68,14 @@ def conditions(config: dict) -> dict:
     return out
 
 
-def size(n_train: int, cfg: dict) -> int:
-    """k, the number of images a top-k or random condition removes."""
-    k = cfg["top_k"]
+def size(n_train: int, design: dict) -> int:
+    """k, the number of images a top-k, bottom-k or random condition removes."""
+    k = design["top_k"]
     if k is None:
-        k = int(round(cfg["fraction"] * n_train))
+        k = int(round(design["fraction"] * n_train))
     if not 0 < k < n_train:
         raise ValueError(f"ablation: k={k} must be between 1 and n_train-1={n_train - 1} "
-                         f"(ablation.top_k / ablation.fraction)")
+                         f"(ablation.top_k / ablation.fractions)")
     return int(k)
 
 
@@ -68,8 +85,15 @@ def top_k(scores: np.ndarray, k: int) -> np.ndarray:
     return np.sort(order[:k])
 
 
+def bottom_k(scores: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the k lowest scores (ties broken by the lower index), sorted."""
+    order = np.lexsort((np.arange(len(scores)), np.asarray(scores)))
+    return np.sort(order[:k])
+
+
 def random_k(n_train: int, k: int, seed: int) -> np.ndarray:
-    return np.sort(seeded_rng(seed, "ablation", "random").choice(n_train, size=k, replace=False))
+    """The first k of one seeded permutation: random sets of different sizes are nested."""
+    return np.sort(seeded_rng(seed, "ablation", "random").permutation(n_train)[:k])
 
 
 def oracle(truth: np.ndarray) -> np.ndarray:
@@ -79,17 +103,18 @@ def oracle(truth: np.ndarray) -> np.ndarray:
 def build(design: dict, n_train: int, cfg: dict, scores=None, truth=None, location=None):
     """(removed indices, their scores or None, reason) for one condition ``design``."""
     kind = design["kind"]
-    if kind == "top":
-        k = size(n_train, cfg)
+    if kind in SCORED:
+        k = size(n_train, design)
         if scores is None or len(scores) != n_train:
             raise ValueError(f"ablation {design}: need {n_train} concept scores")
-        removed = top_k(scores, k)
+        removed = (top_k if kind == "top" else bottom_k)(scores, k)
         layer = design["layer"] if design["layer"] != "location" else location
         where = f"{layer} (its location in the base ensemble)" if design["layer"] == "location" else layer
-        reason = f"top-{k} training images by TRAK concept score of {design['concept']!r} at {where}"
+        which = "highest" if kind == "top" else "lowest"
+        reason = f"{kind}-{k}: the {which} TRAK concept scores of {design['concept']!r} at {where}"
         return removed, np.asarray(scores)[removed], reason
     if kind == "random":
-        k = size(n_train, cfg)
+        k = size(n_train, design)
         return random_k(n_train, k, cfg["seed"]), None, f"{k} training images drawn at random (seed {cfg['seed']})"
     if kind == "oracle":
         if truth is None or len(truth) != n_train:
@@ -110,7 +135,7 @@ def make(condition: str, cfg: dict, base_path, out_path, probes_path=None, score
     design = cfg["design"]
     n_train = artifacts.base_info(base_path)["n_train"]
     scores = truth = location = None
-    if design["kind"] == "top":
+    if design["kind"] in SCORED:
         layer = design["layer"]
         if layer == "location":
             location = layer = concept_location(probes_path)
@@ -124,7 +149,7 @@ def make(condition: str, cfg: dict, base_path, out_path, probes_path=None, score
                              f"drop 'oracle' from ablation.controls")
     removed, removed_scores, reason = build(design, n_train, cfg, scores, truth, location)
     artifacts.write_ablation(out_path, cfg, condition, design, n_train, removed, removed_scores, reason,
-                             layer=location or (design["layer"] if design["kind"] == "top" else None))
+                             layer=location or (design["layer"] if design["kind"] in SCORED else None))
     log.info("%s: %s; %d of %d kept", condition, reason, n_train - len(removed), n_train)
     return {"n_removed": len(removed), "reason": reason}
 

@@ -42,8 +42,9 @@ def enrichment_lines(concept: str, location: str, table: dict) -> list:
     for layer, e in table.items():
         mark = "  <- location" if layer == location else ""
         if "enrichment" in e:
-            lines.append(f"  {layer:<8} top-{e['k']}: {e['enrichment']:5.2f}x  (bottom {e['bottom_enrichment']:.2f}x,"
-                         f" random {e['random_enrichment']:.2f}x, base rate {e['base_rate']:.3f}){mark}")
+            lines.append(f"  {layer:<8} top-{e['k']}: {e['enrichment']:5.2f}x  (bottom {e['bottom_enrichment']:.2f}x;"
+                         f" baselines: random {e['random_enrichment']:.2f}x, hardest images "
+                         f"{e['hardest_enrichment']:.2f}x; base rate {e['base_rate']:.3f}){mark}")
         else:
             lines.append(f"  {layer:<8} no ground truth for the training images ({e['n_targets']} targets, "
                          f"{e['n_models']} models): enrichment undefined{mark}")

@@ -67,18 +67,25 @@ def combine(parts) -> np.ndarray:
     return ((acc / n) * (otl / n)[:, None]).T
 
 
-def enrichment(scores: np.ndarray, truth: np.ndarray, fraction: float, seed: int) -> dict:
-    """Precision of ground-truth images among the top-k over their base rate, and the same
-    figure for a seeded random ranking (the null, about 1)."""
+def enrichment(scores: np.ndarray, truth: np.ndarray, fraction: float, seed: int, hardness=None) -> dict:
+    """Precision of ground-truth images among the top-k over their base rate, the same for
+    the bottom-k, and two baselines a ranking must beat: a seeded random ranking (the
+    null, about 1) and the "hardest images", ranked by the ensemble's mean out-to-loss
+    term 1 - p(correct) (``hardness``), i.e. how badly the models fit each image."""
     k = max(1, int(round(fraction * len(scores))))
     base = float(truth.mean())
+
+    def share(idx):
+        return float(truth[idx].mean() / base) if base > 0 else float("nan")
+
     top = np.argsort(-scores, kind="stable")[:k]
     bottom = np.argsort(scores, kind="stable")[:k]
     rand = seeded_rng(seed, "enrichment-null").permutation(len(scores))[:k]
-    return {"k": k, "base_rate": base, "top_precision": float(truth[top].mean()),
-            "enrichment": float(truth[top].mean() / base) if base > 0 else float("nan"),
-            "bottom_enrichment": float(truth[bottom].mean() / base) if base > 0 else float("nan"),
-            "random_enrichment": float(truth[rand].mean() / base) if base > 0 else float("nan")}
+    out = {"k": k, "base_rate": base, "top_precision": float(truth[top].mean()), "enrichment": share(top),
+           "bottom_enrichment": share(bottom), "random_enrichment": share(rand)}
+    if hardness is not None:
+        out["hardest_enrichment"] = share(np.argsort(-np.asarray(hardness), kind="stable")[:k])
+    return out
 
 
 def score(concept: str, layer: str, probe_set_path, probes_path, models: dict, features: dict,
@@ -89,6 +96,8 @@ def score(concept: str, layer: str, probe_set_path, probes_path, models: dict, f
     if len(tidx) == 0:
         raise ValueError(f"{probe_set_path}: concept {concept!r} has no held-out positives to use as TRAK targets")
     timages = artifacts.probe_set_images(probe_set_path, tidx)
+
+    hardness = []
 
     def parts():
         for (member, ckpt) in tqdm(sorted(features), desc=f"score {concept}/{layer}"):
@@ -101,13 +110,15 @@ def score(concept: str, layer: str, probe_set_path, probes_path, models: dict, f
                                      f"with the same trak settings")
             probe = artifacts.probe(probes_path, member, layer)
             g = probe_gradients(model, grads, probe, layer, timages, attrs["model_id"], tcfg["batch_size"])
+            hardness.append(feats["out_to_loss"])
             yield feats["x_xtx_inv"], g, feats["out_to_loss"]
 
     per_target = combine(parts()).astype(np.float32)   # [targets, n_train]
     result = {"concept": concept, "layer": layer, "n_targets": int(len(tidx)), "n_models": len(features)}
     truth = artifacts.concept_truth(probe_set_path)
     if truth is not None:
-        result.update(enrichment(per_target.mean(0), truth, tcfg["top_fraction"], cfg["seed"]))
+        result.update(enrichment(per_target.mean(0), truth, tcfg["top_fraction"], cfg["seed"],
+                                 hardness=np.mean(hardness, axis=0)))
     artifacts.write_scores(out_path, cfg, concept, layer, per_target, tidx, len(features))
     artifacts.write_json(json_path, result)
     log.info("%s/%s: %s", concept, layer, json.dumps(result))

@@ -1,4 +1,12 @@
-"""Stage 2: train one ensemble member (seeded) and save its checkpoints to HDF5."""
+"""Stages 2 and 8: train one ensemble member and save its checkpoints.
+
+Paired retraining: every random draw of a member's run is made over the whole base
+training set from the member's seed, epoch by epoch: the order (a permutation of all n
+images) and each image's augmentation (shift and flip). A retrained twin of an ablated
+condition replays exactly that stream with its removed images skipped: the same
+initialisation, the same relative order of the images that remain, the same view of
+every remaining image. Removing nothing reproduces the base run bit for bit.
+"""
 from __future__ import annotations
 
 import logging
@@ -17,18 +25,33 @@ from .resnet import build, to_input
 log = logging.getLogger(__name__)
 
 
-def augment(x: torch.Tensor, gen: torch.Generator, shift: int, flip: bool) -> torch.Tensor:
-    """Random translations of up to ``shift`` px (reflect padding) and horizontal flips."""
+def epoch_draws(gen: torch.Generator, n: int, shift: int):
+    """One epoch's draws over all ``n`` base images: (order [n], x shift [n], y shift [n],
+    flip [n]). Always the same number of draws, whatever a condition removes."""
+    order = torch.randperm(n, generator=gen)
+    ox = torch.randint(0, 2 * shift + 1, (n,), generator=gen)
+    oy = torch.randint(0, 2 * shift + 1, (n,), generator=gen)
+    flip = torch.rand(n, generator=gen) < 0.5
+    return order, ox, oy, flip
+
+
+def kept_order(order: torch.Tensor, kept: np.ndarray) -> torch.Tensor:
+    """The base order with the images not in ``kept`` (a bool mask over base indices) dropped."""
+    return order[torch.as_tensor(kept)[order]]
+
+
+def augment(x: torch.Tensor, ox: torch.Tensor, oy: torch.Tensor, flip, shift: int) -> torch.Tensor:
+    """Translate each image by (ox - shift, oy - shift) px (reflect padding) and flip it
+    horizontally where ``flip``; batched, no per-image Python. ``flip`` None: no flips."""
     n, _, h, w = x.shape
     if shift > 0:
         padded = F.pad(x, (shift,) * 4, mode="reflect")
-        ox = torch.randint(0, 2 * shift + 1, (n,), generator=gen)
-        oy = torch.randint(0, 2 * shift + 1, (n,), generator=gen)
-        x = torch.stack([padded[i, :, oy[i]:oy[i] + h, ox[i]:ox[i] + w] for i in range(n)])
-    if flip:
-        m = torch.rand(n, generator=gen) < 0.5
-        x = torch.where(m[:, None, None, None], x.flip(3), x)
-    return x
+        rows = (oy.to(x.device)[:, None] + torch.arange(h, device=x.device))[:, :, None]   # [n, h, 1]
+        cols = (ox.to(x.device)[:, None] + torch.arange(w, device=x.device))[:, None, :]   # [n, 1, w]
+        x = padded[torch.arange(n, device=x.device)[:, None, None], :, rows, cols].permute(0, 3, 1, 2)
+    if flip is not None:
+        x = torch.where(flip.to(x.device)[:, None, None, None], x.flip(3), x)
+    return x.contiguous()
 
 
 @torch.no_grad()
@@ -53,14 +76,23 @@ def make_model(info: dict, model_cfg: dict):
 def train_member(data_path, out_path, member: int, cfg: dict, train_indices=None) -> dict:
     """Train ensemble member ``member`` with the recipe ``cfg`` (keys: seed, model, train).
 
-    ``train_indices`` restricts training to a subset of the train split (ablation).
+    ``train_indices`` (sorted base indices) restricts training to a subset of the train
+    split (an ablated condition), paired with the base run as the module describes.
     Returns the metrics stored with the checkpoint.
     """
     tcfg, seed = cfg["train"], derive_seed(cfg["seed"], "member", member)
     seed_everything(seed)
     device = resolve_device(tcfg["device"])
     info = artifacts.base_info(data_path)
-    x_train, y_train = artifacts.base_split(data_path, "train", train_indices)
+    n_base = info["n_train"]
+    keep = np.arange(n_base) if train_indices is None else np.asarray(train_indices, np.int64)
+    if len(keep) and (np.any(np.diff(keep) <= 0) or keep[0] < 0 or keep[-1] >= n_base):
+        raise ValueError(f"train_indices must be sorted, unique base indices in 0..{n_base - 1}")
+    kept = np.zeros(n_base, bool)
+    kept[keep] = True
+    row_of = np.full(n_base, -1, np.int64)     # base index -> row of the loaded images
+    row_of[keep] = np.arange(len(keep))
+    x_train, y_train = artifacts.base_split(data_path, "train", keep)
     x_test, y_test = artifacts.base_split(data_path, "test")
     model = make_model(info, cfg["model"]).to(device)
     opt = torch.optim.SGD(model.parameters(), lr=tcfg["lr"], momentum=tcfg["momentum"],
@@ -74,28 +106,33 @@ def train_member(data_path, out_path, member: int, cfg: dict, train_indices=None
     saved = {}
     log.info("member %d: %d train images, %d epochs, device %s, %d threads",
              member, len(y_train), epochs, device, torch.get_num_threads())
+    shift, flips = tcfg["augment_shift"], tcfg["augment_flip"]
     for epoch in range(1, epochs + 1):
         model.train()
-        t0, total, n = time.time(), 0.0, 0
-        perm = torch.randperm(len(y_train), generator=gen).numpy()
-        for s in range(0, len(perm), bs):
-            idx = perm[s:s + bs]
-            x = augment(to_input(x_train[idx]), gen, tcfg["augment_shift"], tcfg["augment_flip"]).to(device)
-            y = torch.as_tensor(y_train[idx]).to(device)
+        t0, total, n = time.time(), torch.zeros((), device=device), 0
+        order, ox, oy, flip = epoch_draws(gen, n_base, shift)
+        order = kept_order(order, kept)
+        for s in range(0, len(order), bs):
+            base_idx = order[s:s + bs]
+            rows = row_of[base_idx.numpy()]
+            x = augment(to_input(x_train[rows]).to(device), ox[base_idx], oy[base_idx],
+                        flip[base_idx] if flips else None, shift)
+            y = torch.as_tensor(y_train[rows]).to(device)
             loss = F.cross_entropy(model(x), y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             sched.step()
-            total += loss.item() * len(idx)
-            n += len(idx)
-        log.info("member %d epoch %d/%d loss %.4f (%.1fs)", member, epoch, epochs, total / n, time.time() - t0)
+            total += loss.detach() * len(rows)
+            n += len(rows)
+        total = float(total) / n                   # one sync per epoch
+        log.info("member %d epoch %d/%d loss %.4f (%.1fs)", member, epoch, epochs, total, time.time() - t0)
         if every and epoch % every == 0 and epoch != epochs:
             saved[epoch] = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     test_correct = predictions(model, x_test, device) == y_test
     metrics = {"train_acc": accuracy(model, x_train, y_train, device),
                "test_acc": float(test_correct.mean()) if len(y_test) else 0.0,
-               "final_loss": total / n, "n_train": int(len(y_train)), "seed": int(seed)}
+               "final_loss": total, "n_train": int(len(y_train)), "seed": int(seed)}
     log.info("member %d: train acc %.4f, test acc %.4f", member, metrics["train_acc"], metrics["test_acc"])
     checkpoints.save(out_path, model, saved, metrics, cfg, arrays={"test_correct": test_correct})
     return metrics

@@ -1,10 +1,11 @@
 """Stage 9a: compare every retrained condition with the base ensemble.
 
 Per concept, layer and condition: the change in probe accuracy, in concept location
-and in probing sparsity, each with a 95% bootstrap interval over ensemble members.
-Members are paired (member i of every condition has the same seed), so one bootstrap
-draw resamples member indices and applies them to both ensembles. A change is called
-when the interval of the difference excludes zero.
+and in probing sparsity. Members are paired (member m of a condition is the retrained
+twin of base member m), so each comparison is a t-interval over the per-member
+differences (``workflow.stats``), with its minimal detectable effect: a change is called
+when the interval excludes zero, and every "unchanged" states the smallest change the
+design could have detected.
 
 Every retrained ensemble's base-task test accuracy is checked first: on the test
 images without the condition's concept (which it may legitimately fail after losing
@@ -17,31 +18,10 @@ import logging
 
 import numpy as np
 
-from .. import artifacts
+from .. import artifacts, stats
 from ..probing.summary import location_index
-from ..seeding import rng as seeded_rng
 
 log = logging.getLogger(__name__)
-
-
-def bootstrap(values: np.ndarray, statistic, n_boot: int, confidence: float, rng) -> dict:
-    """Point estimate and percentile interval of ``statistic`` over resampled rows of ``values``.
-
-    ``values`` has one row per ensemble member; ``statistic`` maps an array of rows to a
-    number. The bootstrap of a constant is a point: lo == point == hi.
-    """
-    values = np.asarray(values)
-    m = len(values)
-    draws = np.array([statistic(values[rng.integers(0, m, size=m)]) for _ in range(n_boot)], dtype=float)
-    alpha = (1.0 - confidence) / 2.0
-    point = float(statistic(values))
-    lo, hi = np.quantile(draws, [alpha, 1.0 - alpha])
-    # percentiles can stray from the point by float noise only when every draw is equal
-    return {"point": point, "lo": float(min(lo, point)), "hi": float(max(hi, point))}
-
-
-def excludes_zero(ci: dict) -> bool:
-    return ci["lo"] > 0 or ci["hi"] < 0
 
 
 def test_acc(members: list, exclude=None) -> float:
@@ -50,61 +30,59 @@ def test_acc(members: list, exclude=None) -> float:
     return float(np.mean([np.asarray(m["test_correct"], bool)[keep].mean() for m in members]))
 
 
-def compare_concept(base: dict, cond: dict, layers: list, cfg: dict, rng) -> dict:
-    """Differences for one concept between two summaries (per-member arrays)."""
+def compare_concept(base: dict, cond: dict, layers: list, confidence: float) -> dict:
+    """Paired differences for one concept between two summaries (per-member arrays)."""
     a_b, a_c = np.asarray(base["acc_per_member"]), np.asarray(cond["acc_per_member"])
     k_b, k_c = np.asarray(base["sparsity_k_per_member"], float), np.asarray(cond["sparsity_k_per_member"], float)
     if a_b.shape != a_c.shape:
         raise ValueError(f"base and condition have different members x layers: {a_b.shape} vs {a_c.shape}")
-    boot = lambda x, f: bootstrap(x, f, cfg["n_boot"], cfg["confidence"], rng)  # noqa: E731
-    acc = np.stack([a_b, a_c], 1)   # members x 2 x layers
-    k = np.stack([k_b, k_c], 1)
     per_layer = []
     for j, layer in enumerate(layers):
         per_layer.append({
             "layer": layer,
-            "acc_base": boot(a_b[:, j], np.mean), "acc_cond": boot(a_c[:, j], np.mean),
-            "acc_delta": boot(acc[:, :, j], lambda x: x[:, 1].mean() - x[:, 0].mean()),
-            "k_base": boot(k_b[:, j], np.mean), "k_cond": boot(k_c[:, j], np.mean),
-            "k_delta": boot(k[:, :, j], lambda x: x[:, 1].mean() - x[:, 0].mean()),
+            "acc_base": stats.t_interval(a_b[:, j], confidence), "acc_cond": stats.t_interval(a_c[:, j], confidence),
+            "acc_delta": stats.paired(a_c[:, j], a_b[:, j], confidence),
+            "k_base": stats.t_interval(k_b[:, j], confidence), "k_cond": stats.t_interval(k_c[:, j], confidence),
+            "k_delta": stats.paired(k_c[:, j], k_b[:, j], confidence),
         })
-    loc_b, loc_c = location_index(a_b), location_index(a_c)
-    shift = boot(acc, lambda x: location_index(x[:, 1]) - location_index(x[:, 0]))
-    # where each ensemble puts the concept, resample by resample: how stable is the location?
-    draws_b = [location_index(a_b[rng.integers(0, len(a_b), len(a_b))]) for _ in range(cfg["n_boot"])]
-    draws_c = [location_index(a_c[rng.integers(0, len(a_c), len(a_c))]) for _ in range(cfg["n_boot"])]
+    # location: the ensemble's (argmax of the mean profile); its shift is tested on the
+    # per-member locations, paired
+    member_b = [location_index(row[None]) for row in a_b]
+    member_c = [location_index(row[None]) for row in a_c]
     return {
         "layers": layers,
-        "location_base": layers[loc_b], "location_cond": layers[loc_c],
-        "location_shift": shift,
-        "location_share_base": float(np.mean(np.array(draws_b) == loc_b)),
-        "location_share_cond": float(np.mean(np.array(draws_c) == loc_c)),
+        "location_base": layers[location_index(a_b)], "location_cond": layers[location_index(a_c)],
+        "location_shift": stats.paired(member_c, member_b, confidence),
         "per_layer": per_layer,
     }
 
 
-def _fmt(ci: dict, digits: int) -> str:
-    return f"{ci['point']:.{digits}f} [{ci['lo']:.{digits}f},{ci['hi']:.{digits}f}]"
+def _unchanged(ci: dict, digits: int) -> str:
+    return f"detectable >= {ci['mde']:.{digits}f}"
 
 
 def verdict(c: dict, ok: bool, acc_note: str) -> dict:
     """Plain-words verdict at the base location layer (sparsity, accuracy) and for the location."""
     j = c["layers"].index(c["location_base"])
     row = c["per_layer"][j]
-    loc_changed = c["location_base"] != c["location_cond"] and excludes_zero(c["location_shift"])
-    sp_changed = excludes_zero(row["k_delta"])
-    acc_changed = excludes_zero(row["acc_delta"])
     shift = c["location_shift"]
+    loc_changed = c["location_base"] != c["location_cond"] and shift["changed"]
+    sp_changed, acc_changed = row["k_delta"]["changed"], row["acc_delta"]["changed"]
     if c["location_base"] == c["location_cond"]:
         loc = f"location unchanged: {c['location_base']} -> {c['location_cond']}"
     else:
         loc = (f"location {'changed' if loc_changed else 'moved, not significantly'}: {c['location_base']} -> "
-               f"{c['location_cond']} (shift {shift['point']:+.0f} [{shift['lo']:+.0f},{shift['hi']:+.0f}] layers)")
+               f"{c['location_cond']} (member shift {shift['point']:+.1f} [{shift['lo']:+.1f},{shift['hi']:+.1f}] "
+               f"layers)")
+    kd, ad = row["k_delta"], row["acc_delta"]
     parts = [
         loc,
-        f"sparsity {'changed' if sp_changed else 'unchanged'}: {_fmt(row['k_base'], 0)} -> {_fmt(row['k_cond'], 0)}",
+        f"sparsity {'changed' if sp_changed else 'unchanged'}: {row['k_base']['point']:.0f} -> "
+        f"{row['k_cond']['point']:.0f} (diff {stats.fmt(kd, 1, True)}"
+        + ("" if sp_changed else f", {_unchanged(kd, 1)}") + ")",
         f"accuracy at {c['location_base']} {'changed' if acc_changed else 'unchanged'}: "
-        f"{_fmt(row['acc_base'], 3)} -> {_fmt(row['acc_cond'], 3)}",
+        f"{row['acc_base']['point']:.3f} -> {row['acc_cond']['point']:.3f} (diff {stats.fmt(ad, 3, True)}"
+        + ("" if acc_changed else f", {_unchanged(ad, 3)}") + ")",
     ]
     text = "; ".join(parts)
     if not ok:
@@ -122,7 +100,6 @@ def compare(summaries: dict, model_metrics: dict, ablations: dict, test_masks: d
     A condition that removed a concept's images may fail on that concept's test images
     without having failed to learn: its base-task check leaves them out.
     """
-    rng = seeded_rng(cfg["seed"], "compare")
     base = summaries["base"]
     out = {"conditions": {}, "config": cfg,
            "base_test_acc_per_member": [m["test_acc"] for m in model_metrics["base"]]}
@@ -139,7 +116,7 @@ def compare(summaries: dict, model_metrics: dict, ablations: dict, test_masks: d
         if not ok:
             log.warning("%s: retrained ensemble failed to learn the base task (%s)", cond, note)
         for concept in base:
-            c = compare_concept(base[concept], summaries[cond][concept], base[concept]["layers"], cfg, rng)
+            c = compare_concept(base[concept], summaries[cond][concept], base[concept]["layers"], cfg["confidence"])
             c["verdict"] = verdict(c, ok, note)
             entry["concepts"][concept] = c
         out["conditions"][cond] = entry
@@ -155,7 +132,10 @@ def format_verdicts(result: dict) -> str:
         for concept, c in e["concepts"].items():
             mark = "*" if concept == info.get("concept") else " "
             lines.append(f" {mark} {concept:<10} {c['verdict']['text']}")
-    lines.append("(* = the concept the condition targets; intervals: 95% bootstrap over ensemble members)")
+    level = int(round(100 * result["config"]["confidence"]))
+    lines.append(f"(* = the concept the condition targets; diff: condition - base, mean over members with its {level}% "
+                 f"t-interval; detectable: the smallest difference this ensemble detects with {int(stats.POWER * 100)}% "
+                 f"power)")
     return "\n".join(lines)
 
 

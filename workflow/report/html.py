@@ -1,9 +1,10 @@
 """Stage 9b: the static HTML report (results/<experiment>/report/index.html).
 
-Sections: verdicts, base-task accuracy of every ensemble, accuracy vs depth and sparsity
-vs depth per condition (95% bootstrap intervals over members), concept-score
-distributions, enrichment bars, top/bottom image grids, and the config used. Figures
-are PNG files next to index.html, referenced by relative paths.
+Sections: verdicts, the validation of the attribution (the counterfactual check with its
+power) and the removal curves, base-task accuracy of every ensemble, accuracy vs depth
+and sparsity vs depth per condition (t-intervals over members), concept-score
+distributions, enrichment bars with their baselines, top/bottom image grids, and the
+config used. Figures are PNG files next to index.html, referenced by relative paths.
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from .. import artifacts
+from .. import artifacts, stats
 from ..ablation.sets import size as ablation_size
 
 
@@ -95,10 +96,10 @@ def enrichment_figure(enrichment: dict, concepts: list, layers: list, path) -> N
     x = np.arange(len(layers))
     for ax, concept in zip(axes[0], concepts):
         table = enrichment.get(concept, {})
-        for off, key, label in ((-0.27, "enrichment", "top-k"), (0.0, "random_enrichment", "random"),
-                                (0.27, "bottom_enrichment", "bottom-k")):
+        for off, key, label in ((-0.3, "enrichment", "top-k"), (-0.1, "bottom_enrichment", "bottom-k"),
+                                (0.1, "random_enrichment", "random"), (0.3, "hardest_enrichment", "hardest images")):
             vals = [table.get(layer, {}).get(key, np.nan) for layer in layers]
-            ax.bar(x + off, vals, width=0.26, label=label)
+            ax.bar(x + off, vals, width=0.19, label=label)
         ax.axhline(1.0, color="grey", ls="--", lw=0.8)
         ax.set_xticks(x, layers)
         ax.set_title(f"{concept}: ground-truth share over base rate")
@@ -106,6 +107,73 @@ def enrichment_figure(enrichment: dict, concepts: list, layers: list, path) -> N
     fig.tight_layout()
     artifacts.save_figure(fig, path)
     plt.close(fig)
+
+
+CURVE_PANELS = (("refit_acc", "refit-probe accuracy change"), ("output_targets", "fixed-probe output change (targets)"),
+                ("bal_acc", "fixed-probe bal. accuracy change"))
+
+
+def curves_figure(validations: dict, path) -> None:
+    """Per concept (rows), the removal curves at its location: each panel one measure
+    against the number of images removed, for top-k, bottom-k and random removal, with
+    the t-interval over members as a band (an error bar at a single size)."""
+    plt = _plt()
+    concepts = list(validations)
+    fig, axes = plt.subplots(len(concepts), 3, figsize=(13, 3.3 * len(concepts)), squeeze=False)
+    for row, concept in zip(axes, concepts):
+        v = validations[concept]
+        for ax, (key, title) in zip(row, CURVE_PANELS):
+            for dodge, (kind, color) in zip((-0.015, 0.0, 0.015), (("top", "C3"), ("bottom", "C0"), ("random", "grey"))):
+                pts = [p for p in v["curves"].get(kind, []) if p[key] is not None]
+                if not pts:
+                    continue
+                x = np.array([p["n_removed"] for p in pts]) * (1 + dodge)   # side by side at equal sizes
+                mid = np.array([p[key]["point"] for p in pts])
+                lo = np.array([p[key]["lo"] for p in pts])
+                hi = np.array([p[key]["hi"] for p in pts])
+                ax.errorbar(x, mid, yerr=[mid - lo, hi - mid], marker="o", color=color, capsize=3, label=kind)
+                if len(pts) > 1:
+                    ax.fill_between(x, lo, hi, color=color, alpha=0.12)
+            ax.axhline(0, color="black", lw=0.8)
+            ax.set_title(f"{concept} at {v['location']}: {title}", fontsize=9)
+            ax.set_xlabel("training images removed")
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7)
+    fig.tight_layout()
+    artifacts.save_figure(fig, path)
+    plt.close(fig)
+
+
+def validation_html(validations: dict) -> str:
+    """Per concept: the verdict, every condition's actual vs predicted change at the
+    location, and the paired contrasts with their detectable effects."""
+    parts = []
+    for concept, v in validations.items():
+        loc = v["layers"][v["location"]]
+        verdict = v["verdict"]
+        cls = "supported" if verdict["supported"] else ("underpowered" if verdict["underpowered"] else "")
+        parts.append(f"<h3>{html.escape(concept)} at {html.escape(v['location'])}</h3>"
+                     f"<p class=\"verdict {cls}\">{html.escape(verdict['text'])}</p>")
+        rows = []
+        for cond, c in loc["conditions"].items():
+            ch = c["change"]
+            rows.append([cond, c["n_removed"], stats.fmt(ch["output_targets"], 3, True),
+                         f"{c['predicted']['mean']:+.3f}", f"{c['agreement']['pearson']:.2f}",
+                         stats.fmt(ch["output_positives"], 3, True), stats.fmt(ch["output_negatives"], 3, True),
+                         stats.fmt(ch["bal_acc"], 3, True), stats.fmt(ch["auc"], 3, True),
+                         f"{c['twin_correlation']:.2f}"])
+        parts.append(_table(["condition", "removed", "output change on targets", "TRAK predicted",
+                             "agreement r", "held-out positives", "held-out negatives", "bal. accuracy change",
+                             "AUC change", "twin corr."], rows))
+        crow = [[name, stats.fmt(c["output_targets"], 3, True), f"{c['output_targets']['mde']:.3f}",
+                 f"{c['predicted']:+.3f}", stats.fmt(c["bal_acc"], 3, True), f"{c['bal_acc']['mde']:.3f}"]
+                for name, c in loc["contrasts"].items()]
+        if crow:
+            parts.append(_table(["paired contrast", "output diff", "detectable", "TRAK predicted diff",
+                                 "bal. acc diff", "detectable"], crow))
+        parts.append(f"<p class=\"note\">Unrelated base members' activation correlation at this layer: "
+                     f"{loc['unrelated_member_correlation']:.2f}; {loc['n_targets']} TRAK targets.</p>")
+    return "".join(parts)
 
 
 def _table(header, rows, classes=None) -> str:
@@ -120,12 +188,14 @@ def _table(header, rows, classes=None) -> str:
 CSS = """body{font-family:sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}
 table{border-collapse:collapse;margin:1em 0;font-size:0.9em}td,th{border:1px solid #ccc;padding:4px 8px;
 text-align:left;vertical-align:top}th{background:#f3f3f3}tr.target td{font-weight:bold}
-tr.failed td{background:#fde0e0}img{max-width:100%;border:1px solid #eee}pre{background:#f7f7f7;padding:1em;
+tr.failed td{background:#fde0e0}p.verdict{font-weight:bold}p.supported{color:#1a6b1a}p.underpowered{color:#9a5b00}img{max-width:100%;border:1px solid #eee}pre{background:#f7f7f7;padding:1em;
 overflow-x:auto}section{margin-bottom:2.5em}.note{color:#555;font-size:0.9em}"""
 
 
-def render_html(compare: dict, config: dict, figures: dict, enrichment: dict, grids: dict) -> str:
-    """The page. ``figures``: {name: file name}; ``grids``: {concept: file name}."""
+def render_html(compare: dict, config: dict, figures: dict, enrichment: dict, grids: dict,
+                validations: dict) -> str:
+    """The page. ``figures``: {name: file name}; ``grids``: {concept: file name};
+    ``validations``: {concept: validate result}."""
     exp = html.escape(config.get("experiment", ""))
     conds = compare["conditions"]
     rows, classes = [], []
@@ -149,7 +219,8 @@ def render_html(compare: dict, config: dict, figures: dict, enrichment: dict, gr
             if isinstance(v, dict) and "enrichment" in v:
                 mark = " (location)" if layer == table.get("location") else ""
                 enrich_rows.append([concept, layer + mark, v["k"], f"{v['enrichment']:.2f}x",
-                                    f"{v['random_enrichment']:.2f}x", f"{v['bottom_enrichment']:.2f}x"])
+                                    f"{v['bottom_enrichment']:.2f}x", f"{v['random_enrichment']:.2f}x",
+                                    f"{v['hardest_enrichment']:.2f}x"])
 
     def img(name, alt):
         return f'<img src="{html.escape(figures[name])}" alt="{html.escape(alt)}">'
@@ -161,10 +232,18 @@ def render_html(compare: dict, config: dict, figures: dict, enrichment: dict, gr
         f"<style>{CSS}</style></head><body>",
         f"<h1>concept-attribution report: {exp}</h1>",
         "<p class=\"note\">Which training images taught the network each concept, and does removing them and "
-        "retraining move the concept or change its sparsity? Intervals are 95% bootstrap intervals over ensemble "
-        "members; a change is called when the interval of the difference excludes zero.</p>",
+        "retraining move the concept or change its sparsity, and does it change what the probe reads as TRAK "
+        "predicts? Each retrained member is the twin of a base member (same initialisation, order and "
+        "augmentation, minus the removed images); intervals are t-intervals over the paired per-member "
+        "differences; a change is called when the interval excludes zero, and every null states the smallest "
+        "change the design could detect (80% power).</p>",
         f"<section id=\"verdicts\"><h2>Verdicts</h2>{verdicts}<p class=\"note\">Bold rows: the concept the "
         "condition targets. Red rows: the retrained ensemble failed the base task.</p></section>",
+        "<section id=\"validation\"><h2>Validation of the attribution</h2><p class=\"note\">Base member m's probe "
+        "held fixed and applied to its retrained twin: the actual change of its output and accuracy, TRAK's "
+        "predicted change (minus the sum of the removed images' scores), and the paired contrasts top-k minus "
+        f"random and top-k minus bottom-k.</p>{validation_html(validations)}</section>",
+        f"<section id=\"curves\"><h2>Removal curves</h2>{img('curves', 'removal curves')}</section>",
         "<section id=\"training\"><h2>Base-task test accuracy of every ensemble</h2>"
         + _table(["condition", "images removed", "mean test acc", "per member", "check", "learned"], train_rows)
         + "</section>",
@@ -173,7 +252,8 @@ def render_html(compare: dict, config: dict, figures: dict, enrichment: dict, gr
         f"<section id=\"scores\"><h2>Concept-score distributions (base ensemble)</h2>"
         f"{img('scores', 'score distributions')}</section>",
         f"<section id=\"enrichment\"><h2>Attribution enrichment</h2>{img('enrichment', 'enrichment bars')}"
-        + (_table(["concept", "layer", "k", "top-k", "random", "bottom-k"], enrich_rows) if enrich_rows else
+        + (_table(["concept", "layer", "k", "top-k", "bottom-k", "random", "hardest (out-to-loss)"], enrich_rows)
+           if enrich_rows else
            "<p>No ground truth for these concepts: enrichment is not defined.</p>") + "</section>",
         f"<section id=\"images\"><h2>Top and bottom attributed training images</h2>{grid_html}</section>",
         f"<section id=\"config\"><h2>Config used</h2><pre>{html.escape(yaml.safe_dump(config, sort_keys=False))}"
@@ -196,6 +276,8 @@ def build(files: dict, out: dict, cfg: dict) -> str:
     scores = {c: artifacts.concept_scores(files["scores"][c][locations[c]]) for c in concepts}
     truths = {c: t for c in concepts if (t := artifacts.concept_truth(files["probe_sets"][c])) is not None}
     k = ablation_size(len(next(iter(scores.values()))), cfg["ablation"])
+    validations = {c: artifacts.read_json(files["validate"][c]) for c in concepts}
+    curves_figure(validations, out["curves"])
     depth_figure(compare, summaries, concepts, layers, "acc", out["accuracy"])
     depth_figure(compare, summaries, concepts, layers, "k", out["sparsity"])
     scores_figure(scores, truths, locations, k, out["scores"])
@@ -204,9 +286,9 @@ def build(files: dict, out: dict, cfg: dict) -> str:
         artifacts.copy(files["grids"][c], out["grids"][c])
     folder = Path(out["html"]).parent
     figures = {name: Path(out[name]).relative_to(folder).as_posix()
-               for name in ("accuracy", "sparsity", "scores", "enrichment")}
+               for name in ("accuracy", "sparsity", "scores", "enrichment", "curves")}
     grids = {c: Path(out["grids"][c]).relative_to(folder).as_posix() for c in concepts}
-    artifacts.write_text(out["html"], render_html(compare, cfg["config"], figures, enrichment, grids))
+    artifacts.write_text(out["html"], render_html(compare, cfg["config"], figures, enrichment, grids, validations))
     return str(Path(out["html"]).resolve())
 
 

@@ -1,0 +1,246 @@
+"""Stage 10: the counterfactual check of the attribution itself.
+
+For a concept at its location layer (and any layer named in ``ablation.layers``), every
+ablated condition and every member m, base member m's probe is held fixed (weights,
+intercept, standardisation) and applied to the pooled activations of m's retrained twin
+on the concept's probe set. What removing the images *did*:
+
+- the change of the fixed probe's output (decision value) on the concept's TRAK targets,
+  on the held-out positives and on the held-out negatives;
+- the change of its balanced accuracy and AUC on the held-out probe set.
+
+What TRAK *claimed* it would do: for each target t, minus the sum over the removed images
+of their scores for t (the scores are the ensemble's, so the claim is one number per
+target). Their agreement across targets is a correlation. The decisive comparisons are
+paired over members: "top-k minus random" and "top-k minus bottom-k" of the change, with
+t-intervals and minimal detectable effects (``workflow.stats``). Attribution is supported
+when removing the top-k lowers the output more than removing random images, by more than
+the interval admits. A null is flagged underpowered when TRAK's own predicted difference,
+or the positive control's effect, is below the detectable one.
+
+Also recorded: the twin correlation (per-channel correlation of a base member's and its
+twin's activations over the probe set, averaged over channels) and the same between
+unrelated base members, which measures how far retraining drifts.
+"""
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+from sklearn.metrics import balanced_accuracy_score, roc_auc_score
+
+from .. import artifacts, stats
+from ..probing.probes import decision_function
+from ..probing.summary import location_index
+
+log = logging.getLogger(__name__)
+
+
+def channel_correlation(a: np.ndarray, b: np.ndarray) -> float:
+    """Mean over channels of the correlation of two [N, C] activation matrices (constant channels skipped)."""
+    a, b = a - a.mean(0), b - b.mean(0)
+    den = np.sqrt((a * a).sum(0) * (b * b).sum(0))
+    ok = den > 0
+    return float(np.mean((a * b).sum(0)[ok] / den[ok])) if ok.any() else float("nan")
+
+
+def predicted_change(per_target: np.ndarray, removed: np.ndarray) -> np.ndarray:
+    """TRAK's claim per target: minus the sum of the removed images' scores."""
+    return -per_target[:, np.asarray(removed, np.int64)].sum(1).astype(np.float64)
+
+
+def agreement(predicted: np.ndarray, actual: np.ndarray) -> dict:
+    """Pearson and Spearman correlation of predicted and actual changes across targets."""
+    if len(predicted) < 3 or np.std(predicted) == 0 or np.std(actual) == 0:
+        return {"pearson": float("nan"), "spearman": float("nan")}
+    rank = lambda x: np.argsort(np.argsort(x))  # noqa: E731
+    return {"pearson": float(np.corrcoef(predicted, actual)[0, 1]),
+            "spearman": float(np.corrcoef(rank(predicted), rank(actual))[0, 1])}
+
+
+def probe_readout(probe: dict, acts: np.ndarray, labels: np.ndarray, held: np.ndarray, targets: np.ndarray) -> dict:
+    """The fixed probe's outputs and held-out accuracy on one model's activations."""
+    f = decision_function(probe, acts.astype(np.float64))
+    y, fh = labels[held], f[held]
+    return {"f": f, "targets": f[targets], "pos": float(fh[y == 1].mean()), "neg": float(fh[y == 0].mean()),
+            "bal_acc": float(balanced_accuracy_score(y, (fh > 0).astype(int))),
+            "auc": float(roc_auc_score(y, fh)) if len(np.unique(y)) == 2 else float("nan")}
+
+
+def validate_layer(layer: str, members: list, probes_path, acts: dict, ablations: dict, per_target, targets,
+                   labels, held, summaries: dict, confidence: float) -> dict:
+    """Every condition's actual and predicted change at ``layer``; ``acts``: {condition:
+    {member: {layer: [N, C]}}}, ``ablations``: {condition: set}."""
+    probes = {m: artifacts.probe(probes_path, m, layer) for m in members}
+    base = {m: probe_readout(probes[m], acts["base"][m][layer], labels, held, targets) for m in members}
+    corr_unrelated = [channel_correlation(acts["base"][a][layer], acts["base"][b][layer])
+                      for i, a in enumerate(members) for b in members[i + 1:]]
+    out = {"unrelated_member_correlation": float(np.mean(corr_unrelated)) if corr_unrelated else float("nan"),
+           "base": {k: [base[m][k] for m in members] for k in ("pos", "neg", "bal_acc", "auc")},
+           "conditions": {}}
+    for cond, a in ablations.items():
+        twin = {m: probe_readout(probes[m], acts[cond][m][layer], labels, held, targets) for m in members}
+        per_member = {
+            "output_targets": [float(np.mean(twin[m]["targets"] - base[m]["targets"])) for m in members],
+            "output_positives": [twin[m]["pos"] - base[m]["pos"] for m in members],
+            "output_negatives": [twin[m]["neg"] - base[m]["neg"] for m in members],
+            "bal_acc": [twin[m]["bal_acc"] - base[m]["bal_acc"] for m in members],
+            "auc": [twin[m]["auc"] - base[m]["auc"] for m in members],
+            "twin_correlation": [channel_correlation(acts["base"][m][layer], acts[cond][m][layer]) for m in members],
+        }
+        actual = np.mean([twin[m]["targets"] - base[m]["targets"] for m in members], axis=0)
+        predicted = predicted_change(per_target, a["removed"])
+        refit = None
+        if cond in summaries:  # refit-probe accuracy at this layer (the retrained ensemble's own probes)
+            s_b, s_c = summaries["base"], summaries[cond]
+            j = s_b["layers"].index(layer)
+            refit = stats.paired(np.asarray(s_c["acc_per_member"])[:, j], np.asarray(s_b["acc_per_member"])[:, j],
+                                 confidence)
+        out["conditions"][cond] = {
+            "kind": a["kind"], "concept": a["concept"], "n_removed": int(a["n_removed"]),
+            "per_member": per_member,
+            "change": {k: stats.t_interval(v, confidence) for k, v in per_member.items() if k != "twin_correlation"},
+            "twin_correlation": float(np.mean(per_member["twin_correlation"])),
+            "refit_acc": refit,
+            "predicted": {"mean": float(predicted.mean()), "per_target": predicted.tolist()},
+            "actual_per_target": actual.tolist(),
+            "agreement": agreement(predicted, actual),
+        }
+    return out
+
+
+def contrasts(layer_result: dict, designs: dict, concept: str, layer_name: str, confidence: float) -> dict:
+    """Paired differences of the change between a concept's top-k and its controls of the same size."""
+    conds = layer_result["conditions"]
+    out = {}
+    for name, d in designs.items():
+        if d["kind"] != "top" or d["concept"] != concept or d["layer"] != layer_name or name not in conds:
+            continue
+        suffix = name[len(f"top-{concept}" + ("" if d["layer"] == "location" else f"-{d['layer']}")):]
+        others = {"random": f"random{suffix}", "bottom": name.replace("top-", "bottom-", 1)}
+        for label, other in others.items():
+            if other not in conds:
+                continue
+            a, b = conds[name], conds[other]
+            out[f"{name} - {other}"] = {
+                "top": name, "control": other, "control_kind": label,
+                "output_targets": stats.paired(a["per_member"]["output_targets"], b["per_member"]["output_targets"],
+                                               confidence),
+                "bal_acc": stats.paired(a["per_member"]["bal_acc"], b["per_member"]["bal_acc"], confidence),
+                "auc": stats.paired(a["per_member"]["auc"], b["per_member"]["auc"], confidence),
+                "predicted": a["predicted"]["mean"] - b["predicted"]["mean"],
+            }
+    return out
+
+
+def verdict(concept: str, main: dict, oracle: dict | None) -> dict:
+    """Plain words for the main top-k vs random contrast at the location."""
+    if main is None:
+        return {"supported": None, "underpowered": None, "text": f"{concept}: no top-k vs random comparison configured"}
+    out, acc = main["output_targets"], main["bal_acc"]
+    supported = out["hi"] < 0
+    acc_also = acc["hi"] < 0
+    pred = main["predicted"]
+    control = None if oracle is None else oracle["output_targets"]["point"]
+    under = (not supported) and (abs(pred) < out["mde"] or (control is not None and abs(control) < out["mde"]))
+    k = main["top"]
+    if supported:
+        text = (f"{concept}: attribution supported: removing {k} lowers the concept's output more than removing "
+                f"random images: diff {stats.fmt(out, 3, True)}"
+                + (f"; accuracy too: {stats.fmt(acc, 3, True)}" if acc_also
+                   else f"; accuracy not separated: {stats.fmt(acc, 3, True)}"))
+    else:
+        text = (f"{concept}: attribution not supported: {k} - random output diff {stats.fmt(out, 3, True)}, "
+                f"detectable >= {out['mde']:.3f}; TRAK predicted {pred:+.3f}"
+                + ("" if control is None else f"; positive control (oracle - random) {control:+.3f}")
+                + ("; UNDERPOWERED: the predicted or the control effect is below the detectable one" if under else ""))
+    return {"supported": bool(supported), "accuracy_supported": bool(acc_also), "underpowered": bool(under),
+            "text": text}
+
+
+def curves(layer_result: dict, designs: dict, concept: str, confidence: float) -> dict:
+    """Removal curves at the location: per kind (top, bottom, random), the points over sizes."""
+    conds = layer_result["conditions"]
+    out = {}
+    for name, d in designs.items():
+        if d["kind"] not in ("top", "bottom", "random") or name not in conds:
+            continue
+        if d["kind"] != "random" and (d["concept"] != concept or d["layer"] != "location"):
+            continue
+        c = conds[name]
+        out.setdefault(d["kind"], []).append({
+            "condition": name, "fraction": d["fraction"], "n_removed": c["n_removed"],
+            "refit_acc": c["refit_acc"], "output_targets": c["change"]["output_targets"],
+            "bal_acc": c["change"]["bal_acc"]})
+    for points in out.values():
+        points.sort(key=lambda p: p["n_removed"])
+    return out
+
+
+def validate(concept: str, cfg: dict, probe_set_path, probes_path, activation_paths: dict, score_paths: dict,
+             ablation_paths: dict, summary_paths: dict) -> dict:
+    """``activation_paths``: {condition: {member: file}} (base included); ``score_paths``:
+    {layer: file}; ``ablation_paths``/``summary_paths``: {condition: file}."""
+    confidence, designs = cfg["confidence"], cfg["designs"]
+    ps = artifacts.probe_set(probe_set_path, images=False)
+    labels, held = ps["labels"], ps["heldout"]
+    table = artifacts.probes_table(probes_path)
+    members, layers_all = table["members"], table["layers"]
+    location = layers_all[location_index(table["heldout_bal_acc"])]
+    layers = [location] + [layer for layer in cfg["layers"] if layer not in ("location", location)]
+    acts = {cond: {m: artifacts.activations(by_member[str(m)]) for m in members}
+            for cond, by_member in activation_paths.items()}
+    ablations = {cond: artifacts.ablation(p) for cond, p in ablation_paths.items()}
+    summaries = {cond: artifacts.summary(p)[concept] for cond, p in summary_paths.items()}
+    result = {"concept": concept, "location": location, "members": members, "confidence": confidence,
+              "layers": {}}
+    for layer in layers:
+        per_target, target_idx = artifacts.per_target_scores(score_paths[layer])
+        lr = validate_layer(layer, members, probes_path, acts, ablations, per_target, target_idx, labels, held,
+                            summaries, confidence)
+        lr["n_targets"] = int(len(target_idx))
+        lr["contrasts"] = contrasts(lr, designs, concept, "location" if layer == location else layer, confidence)
+        result["layers"][layer] = lr
+    loc = result["layers"][location]
+    main_name = next((n for n, d in designs.items() if d["kind"] == "top" and d["concept"] == concept
+                      and d["layer"] == "location"), None)
+    main = loc["contrasts"].get(f"{main_name} - random") if main_name else None
+    oracle_name = f"oracle-{concept}"
+    oracle = None
+    if oracle_name in loc["conditions"] and "random" in loc["conditions"]:
+        o, r = loc["conditions"][oracle_name]["per_member"], loc["conditions"]["random"]["per_member"]
+        oracle = {"output_targets": stats.paired(o["output_targets"], r["output_targets"], confidence)}
+    result["positive_control"] = oracle
+    result["verdict"] = verdict(concept, main, oracle)
+    result["curves"] = curves(loc, designs, concept, confidence)
+    return result
+
+
+def format_text(result: dict) -> str:
+    lines = [result["verdict"]["text"]]
+    loc = result["layers"][result["location"]]
+    lines.append(f"  at {result['location']} ({loc['n_targets']} TRAK targets; change = twin - base with base "
+                 f"member's probe held fixed; mean over members [{int(100 * result['confidence'])}% t-interval])")
+    lines.append(f"  {'condition':<22} {'removed':>7} {'output (targets)':>26} {'predicted':>9} {'agree r':>7} "
+                 f"{'bal. acc':>26} {'twin corr':>9}")
+    for cond, c in loc["conditions"].items():
+        ch = c["change"]
+        lines.append(f"  {cond:<22} {c['n_removed']:7d} {stats.fmt(ch['output_targets'], 3, True):>26} "
+                     f"{c['predicted']['mean']:+9.3f} {c['agreement']['pearson']:7.2f} "
+                     f"{stats.fmt(ch['bal_acc'], 3, True):>26} {c['twin_correlation']:9.2f}")
+    lines.append(f"  unrelated base members' correlation: {loc['unrelated_member_correlation']:.2f}")
+    for name, cst in loc["contrasts"].items():
+        lines.append(f"  {name}: output {stats.fmt(cst['output_targets'], 3, True)} (detectable >= "
+                     f"{cst['output_targets']['mde']:.3f}, TRAK predicted {cst['predicted']:+.3f}); bal. acc "
+                     f"{stats.fmt(cst['bal_acc'], 3, True)} (detectable >= {cst['bal_acc']['mde']:.3f})")
+    return "\n".join(lines)
+
+
+def validate_stage(job) -> str:
+    i = job.input
+    result = validate(job.wildcards["concept"], job.params, i["probe_set"], i["probes"], i["activations"], i["scores"],
+                      i["ablations"], i["summaries"])
+    text = format_text(result)
+    artifacts.write_json(job.output["json"], result)
+    artifacts.write_text(job.output["txt"], text + "\n")
+    return text
