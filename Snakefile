@@ -4,6 +4,8 @@
 #                          -> ablate -> train/activations/probes again per condition
 #                          -> validate (the counterfactual check) -> compare -> report_html.
 # The workflow package must be installed (`make venv` does it: pip install -e .).
+from pathlib import Path
+
 import yaml
 
 from snakemake.utils import min_version
@@ -15,7 +17,7 @@ min_version("9.0")
 # never completed from the demo's values, only from the schema's defaults. --config
 # overrides apply on top either way.
 if not workflow.config_settings.configfiles:
-    config.update(merge(yaml.safe_load(open(f"{workflow.basedir}/config.yaml")), dict(config)))
+    config.update(merge(yaml.safe_load(Path(workflow.basedir, "config.yaml").read_text()), dict(config)))
 # One-line errors naming the key or path, before any job starts; then the schema's defaults.
 _resolved = resolve(config)
 config.clear()

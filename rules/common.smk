@@ -85,19 +85,19 @@ def flat(tree):
     return {name: sub if isinstance(sub, str) else leaves(sub) for name, sub in tree.items()}
 
 
-def tree_of(spec, w):
-    return spec(w) if callable(spec) else fill(spec, w)
+def tree_of(source, w):
+    return source(w) if callable(source) else fill(source, w)
 
 
-def inputs(spec):
-    """``input: unpack(inputs(spec))`` for a tree or a function of the wildcards returning one."""
-    return lambda w: flat(tree_of(spec, w))
+def inputs(source):
+    """``input: unpack(inputs(source))`` for a tree or a function of the wildcards returning one."""
+    return lambda w: flat(tree_of(source, w))
 
 
-def stage_files(inputs_spec, outputs_tree):
+def stage_files(inputs_source, outputs_tree):
     """``params: files=...``: the job's files as a tree, with its wildcards."""
     def files(w):
-        return json.dumps({"input": tree_of(inputs_spec, w), "output": fill(outputs_tree, w),
+        return json.dumps({"input": tree_of(inputs_source, w), "output": fill(outputs_tree, w),
                            "wildcards": dict(w.items())})
     return files
 

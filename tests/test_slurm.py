@@ -60,6 +60,10 @@ def test_imagenet_preset_dry_run_asks_gpus_for_gpu_rules_only(tmp_path):
     assert res["train"][0]["mem_mb"] == str(preset["resources"]["train"]["mem_mb"])
     assert res["train"][0]["runtime"] == str(preset["resources"]["train"]["runtime"])
     assert res["probes"][0]["mem_mb"] == str(preset["resources"]["probes"]["mem_mb"])
+    # a job's threads (SLURM's --cpus-per-task) are the preset's, not capped by this host's cores
+    assert os.cpu_count() < preset["threads"]["train"]
+    threads = re.findall(r"^rule train:\n(?:    .*\n)*?    threads: (\d+)", proc.stdout, re.M)
+    assert threads and set(threads) == {str(preset["threads"]["train"])}, threads
     # sharded featurization: one job per (member, checkpoint, shard)
     t = preset["trak"]
     assert len(res["featurize"]) == preset["ensemble"]["size"] * len(t["checkpoints"]) * t["shards"]
