@@ -121,10 +121,11 @@ def test_nothing_points_to_an_outside_specification():
         assert not re.search(r"SPEC(\.md)?\b|\.\./shared|specification file", text), name
 
 
-@pytest.mark.parametrize("doc", ["README.md", "docs/method.md", "docs/config.md", "docs/cluster.md"])
+@pytest.mark.parametrize("doc", ["README.md", "docs/method.md", "docs/config.md", "docs/cluster.md", "docs/results.md",
+                                 "docs/performance.md", "docs/development.md"])
 def test_docs_links_resolve_inside_the_repository(doc):
     text = (REPO / doc).read_text()
-    for target in re.findall(r"\]\(([^)#]+)(?:#[^)]*)?\)", text):
+    for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", text):
         if target.startswith(("http://", "https://", "mailto:")):
             continue
         assert (REPO / doc).parent.joinpath(target).resolve().is_relative_to(REPO), (doc, target)
