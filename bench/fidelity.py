@@ -78,7 +78,7 @@ def prepare(d: Path, n_train: int, width: int, members: int, seed: int = 0) -> d
     for c in CONCEPTS:
         name = c["name"]
         for m in range(members):
-            activations.extract(d / f"m{m}.h5", d / f"probe_{name}.h5", d / f"act_{name}_{m}.h5", pcfg)
+            activations.extract(d / f"m{m}.h5", {name: d / f"probe_{name}.h5"}, {name: d / f"act_{name}_{m}.h5"}, pcfg)
         probes.fit_concept(d / f"probe_{name}.h5", {m: d / f"act_{name}_{m}.h5" for m in range(members)},
                            d / f"probes_{name}.h5", pcfg, name)
         locations[name] = summary.summarise({name: d / f"probes_{name}.h5"})[name]["location"]

@@ -125,8 +125,12 @@ def concept_params(name):
     return {**data_params(), "probe_set": config["probe_set"], "concepts": [concept]}
 
 
-def train_params():
-    return {"seed": config["seed"], "model": config["model"], "train": config["train"]}
+def train_params(w):
+    """The recipe; an ablated twin also gets the spawn epoch (base runs do not depend on it)."""
+    params = {"seed": config["seed"], "model": config["model"], "train": config["train"]}
+    if w.condition != "base":
+        params["spawn_epoch"] = config["ablation"]["spawn_epoch"]
+    return params
 
 
 def activation_params():
@@ -180,6 +184,8 @@ def train_inputs(w):
     files = {"data": BASE}
     if w.condition != "base":
         files["ablation"] = f"{RESULTS}/ablation/{w.condition}.h5"
+        if config["ablation"]["spawn_epoch"]:
+            files["spawn"] = f"{RESULTS}/base/models/m{w.member}.h5"
     return files
 
 

@@ -16,7 +16,8 @@ rule compare:
         json=COMPARE_OUTPUTS["json"],
         txt=report(COMPARE_OUTPUTS["txt"], caption="../captions/verdicts.rst", category="Verdicts"),
     params:
-        cfg=lambda w: as_json({"seed": config["seed"], **config["compare"], "conditions": CONDITIONS,
+        cfg=lambda w: as_json({"seed": config["seed"], "conditions": CONDITIONS,
+                               **{k: config["compare"][k] for k in ("confidence", "max_test_acc_drop")},
                                "members": MEMBERS, "concepts": CONCEPTS}),
         files=stage_files(COMPARE_INPUTS, COMPARE_OUTPUTS),
         code=code_digest("compare"),

@@ -10,7 +10,7 @@ rule train:
     output:
         model=MODEL,
     params:
-        cfg=lambda w: as_json(train_params()),
+        cfg=lambda w: as_json(train_params(w)),
         files=stage_files(train_inputs, {"model": MODEL}),
         code=code_digest("train"),
     threads: config["threads"]["train"]

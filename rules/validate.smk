@@ -19,6 +19,7 @@ rule validate:
         **VALIDATE_OUTPUTS,
     params:
         cfg=lambda w: as_json({"confidence": config["compare"]["confidence"], "designs": ABLATIONS,
+                               "measure": config["compare"]["validate_measure"],
                                "layers": config["ablation"]["layers"]}),
         files=stage_files(VALIDATE_INPUTS, VALIDATE_OUTPUTS),
         code=code_digest("validate"),

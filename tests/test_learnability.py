@@ -36,7 +36,7 @@ def trained(tmp_path_factory):
                        "path_points": 10, "path_span": 1000.0}, "members": [0]}
     accs = {}
     for c in ("curved", "hilo"):
-        activations.extract(d / "m0.h5", d / f"probe_{c}.h5", d / f"act_{c}.h5", pcfg)
+        activations.extract(d / "m0.h5", {c: d / f"probe_{c}.h5"}, {c: d / f"act_{c}.h5"}, pcfg)
         probes.fit_concept(d / f"probe_{c}.h5", {0: d / f"act_{c}.h5"}, d / f"probes_{c}.h5", pcfg, c)
         accs[c] = dict(zip(pcfg["layers"], artifacts.probes_table(d / f"probes_{c}.h5")["heldout_bal_acc"][0]))
     return metrics, accs

@@ -121,6 +121,30 @@ def test_zero_removal_reproduces_the_base_weights_bit_for_bit(tmp_path):
         train.train_member(tmp_path / "base.h5", tmp_path / "bad.h5", 0, tcfg, train_indices=[3, 2])
 
 
+def test_spawned_twin_resumes_the_base_run_bit_for_bit(tmp_path):
+    """ablation.spawn_epoch: a twin started from the base member's state after epoch E with
+    nothing removed ends on the base weights; with images removed it differs only after E."""
+    tcfg = tiny_base(tmp_path)
+    tcfg["train"].update(epochs=4, checkpoint_every=2)
+    train.train_member(tmp_path / "base.h5", tmp_path / "base_m0.h5", 0, tcfg)
+    spawn = (tmp_path / "base_m0.h5", 2)
+    train.train_member(tmp_path / "base.h5", tmp_path / "none_m0.h5", 0, tcfg, train_indices=np.arange(96),
+                       spawn=spawn)
+    keep = np.setdiff1d(np.arange(96), np.arange(0, 96, 3))
+    train.train_member(tmp_path / "base.h5", tmp_path / "cut_m0.h5", 0, tcfg, train_indices=keep, spawn=spawn)
+    _, base = artifacts.model_state(tmp_path / "base_m0.h5")
+    _, none = artifacts.model_state(tmp_path / "none_m0.h5")
+    _, cut = artifacts.model_state(tmp_path / "cut_m0.h5")
+    assert all(np.array_equal(base[k], none[k]) for k in base)
+    assert not all(np.array_equal(base[k], cut[k]) for k in base)
+    assert artifacts.model_checkpoints(tmp_path / "none_m0.h5") == ["final"]   # epochs 3..4 only: no new E=2
+    assert set(artifacts.optimizer_state(tmp_path / "base_m0.h5", "epoch_0002")) == \
+        {k for k, _ in checkpoints.load(tmp_path / "base_m0.h5").named_parameters()}
+    with pytest.raises(ValueError, match="no optimizer state"):
+        artifacts.optimizer_state(tmp_path / "base_m0.h5", "epoch_0003")
+    assert train.spawn_schedule(12, 6, 16, 15) == (6 * 16 + 6 * 15, 96)
+
+
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_training_on_cuda_learns_like_cpu(tmp_path):

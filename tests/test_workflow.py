@@ -104,7 +104,7 @@ VALIDATE = {"validate": C}
 
 def retrain(n_conditions):
     """Jobs that redo n ablated conditions from their training on."""
-    return {"train": N * n_conditions, "activations": N * C * n_conditions, "probes": C * n_conditions,
+    return {"train": N * n_conditions, "activations": N * n_conditions, "probes": C * n_conditions,
             "summarize": n_conditions}
 
 
@@ -135,6 +135,10 @@ EDITS = {
         ("ablation", "fractions", [0.1]), plus({"ablate": 3}, retrain(3), REPORT, VALIDATE)),
     "interval level: validate, compare and report only": (("compare", "confidence", 0.9), plus(REPORT, VALIDATE)),
     "thread count: nothing": (("threads", "probes", 2), {}),
+    "spawn epoch: the retrained twins, not the base run": (
+        ("ablation", "spawn_epoch", 1), plus(retrain(N_COND - 1), REPORT, VALIDATE)),
+    "validate measure: validate and the report only": (("compare", "validate_measure", "output_targets"),
+                                                      plus({"report_html": 1, "all": 1}, VALIDATE)),
 }
 
 
@@ -224,6 +228,63 @@ def test_ablated_conditions_are_retrained_with_the_base_seeds(tiny_run):
         assert f"{cond}:" in verdicts
     verdict_lines = re.findall(r"^ [ *] (\w+) +(?:NOT INTERPRETABLE \(.*?\); )?location ", verdicts, re.M)
     assert verdict_lines == CONCEPTS * len(CONDITIONS)
+
+
+def test_validate_writes_every_field_and_predicts_minus_the_sum_of_removed_scores(tiny_run):
+    """Stage 10 on the tiny run: every condition x member has each measured change, and TRAK's
+    predicted change is minus the sum of the removed images' stored scores (by hand here)."""
+    import json
+
+    from workflow import stats
+    from workflow.probing.summary import location_index
+
+    res = tiny_run / "results" / "tiny"
+    for concept in CONCEPTS:
+        v = json.loads((res / "validate" / f"{concept}.json").read_text())
+        assert (res / "validate" / f"{concept}.txt").read_text().startswith(f"{concept}: ")
+        loc = v["location"]
+        with h5py.File(res / "base" / "probes" / f"{concept}.h5") as f:
+            assert loc == LAYERS[location_index(f["heldout_bal_acc"][()])]
+        lr = v["layers"][loc]
+        assert set(lr["conditions"]) == set(CONDITIONS)
+        with h5py.File(res / "base" / "trak" / "scores" / concept / f"{loc}.h5") as f:
+            per_target, per_negative = f["per_target"][()], f["per_negative"][()]
+            assert len(f["negative_indices"]) == len(per_negative) > 0
+        for cond, c in lr["conditions"].items():
+            for key in ("output_targets", "selectivity", "output_positives", "output_negatives", "bal_acc", "auc",
+                        "twin_correlation"):
+                assert len(c["per_member"][key]) == len(MEMBERS) and all(np.isfinite(c["per_member"][key])), key
+            for key in ("output_targets", "selectivity", "bal_acc", "auc"):
+                ci = c["change"][key]
+                assert ci["lo"] <= ci["point"] <= ci["hi"] and ci["mde"] >= 0, (cond, key)
+            with h5py.File(res / "ablation" / f"{cond}.h5") as f:
+                removed = f["removed"][()]
+            by_hand = np.array([-sum(float(row[i]) for i in removed) for row in per_target])
+            assert np.allclose(c["predicted"]["per_target"], by_hand, rtol=1e-6, atol=1e-6)
+            assert np.isclose(c["predicted"]["mean"], by_hand.mean())
+            neg = np.array([-sum(float(row[i]) for i in removed) for row in per_negative])
+            assert np.isclose(c["predicted"]["selectivity"], by_hand.mean() - neg.mean())
+            assert -1 <= c["agreement"]["pearson"] <= 1 or np.isnan(c["agreement"]["pearson"])
+        if concept in TINY["ablation"]["concepts"]:
+            names = {f"top-{concept} - random", f"top-{concept} - bottom-{concept}"}
+            assert set(lr["contrasts"]) == names
+            for cst in lr["contrasts"].values():
+                for key in ("output_targets", "selectivity", "bal_acc", "auc"):
+                    assert cst[key]["n"] == len(MEMBERS) and cst[key]["mde"] >= 0
+            main = lr["contrasts"][f"top-{concept} - random"]
+            top, rnd = lr["conditions"][f"top-{concept}"], lr["conditions"]["random"]
+            d = np.subtract(top["per_member"]["selectivity"], rnd["per_member"]["selectivity"])
+            assert np.isclose(main["selectivity"]["point"], d.mean())
+            assert main["selectivity"] == stats.paired(top["per_member"]["selectivity"],
+                                                      rnd["per_member"]["selectivity"])
+            verdict = v["verdict"]
+            assert verdict["measure"] == "selectivity" and isinstance(verdict["supported"], bool)
+            assert ("UNDERPOWERED" in verdict["text"]) == verdict["underpowered"]
+            assert set(v["positive_control"]) == {"output_targets", "selectivity", "bal_acc"}
+            assert {p["condition"] for pts in v["curves"].values() for p in pts} == \
+                {f"top-{concept}", f"bottom-{concept}", "random"}
+        else:
+            assert lr["contrasts"] == {} and v["verdict"]["supported"] is None
 
 
 REPORT_SECTIONS = ["verdicts", "validation", "curves", "training", "accuracy", "sparsity", "scores", "enrichment",

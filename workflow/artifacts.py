@@ -125,9 +125,10 @@ def concept_truth(path, split: str = "train"):
 # -- models -----------------------------------------------------------------------------------
 
 
-def write_model(path, cfg: dict, arch: dict, states: dict, metrics: dict, arrays=None) -> None:
+def write_model(path, cfg: dict, arch: dict, states: dict, metrics: dict, arrays=None, optimizer=None) -> None:
     """``states``: {"final" | "epoch_NNNN": {param: numpy array}}; ``metrics`` as attributes;
-    per-example ``arrays`` (e.g. test_correct) under /metrics."""
+    per-example ``arrays`` (e.g. test_correct) under /metrics; ``optimizer``: {"epoch_NNNN":
+    {param: momentum buffer}} under /optimizer, to resume training there (ablation.spawn_epoch)."""
     names = sorted(k for k in states if k != "final") + ["final"]
     with atomic.h5(path, cfg, arch=json.dumps(arch), metrics=json.dumps(metrics),
                    checkpoints=json.dumps(names)) as f:
@@ -139,6 +140,10 @@ def write_model(path, cfg: dict, arch: dict, states: dict, metrics: dict, arrays
             g = f.create_group(name)
             for k, v in states[name].items():
                 g.create_dataset(k, data=v)
+        for name, buffers in (optimizer or {}).items():
+            g = f.create_group(f"optimizer/{name}")
+            for k, v in buffers.items():
+                g.create_dataset(k, data=v)
 
 
 def model_state(path, checkpoint: str = "final"):
@@ -147,6 +152,15 @@ def model_state(path, checkpoint: str = "final"):
         if checkpoint not in f:
             raise KeyError(f"{path}: no checkpoint {checkpoint!r} (have {json_attr(f, 'checkpoints')})")
         return json_attr(f, "arch"), {k: np.array(v) for k, v in f[checkpoint].items()}
+
+
+def optimizer_state(path, checkpoint: str):
+    """{param: momentum buffer} saved with intermediate checkpoint ``checkpoint``."""
+    with reading(path) as f:
+        if f"optimizer/{checkpoint}" not in f:
+            raise ValueError(f"{path}: no optimizer state saved at {checkpoint!r} (ablation.spawn_epoch needs a "
+                             f"saved checkpoint); rm {path} and rerun")
+        return {k: np.array(v) for k, v in f[f"optimizer/{checkpoint}"].items()}
 
 
 def model_metrics(path) -> dict:
@@ -279,11 +293,17 @@ def feature_attrs_of(f) -> dict:
 # -- TRAK scores ------------------------------------------------------------------------------
 
 
-def write_scores(path, cfg: dict, concept: str, layer: str, per_target, target_indices, n_models: int) -> None:
+def write_scores(path, cfg: dict, concept: str, layer: str, per_target, target_indices, n_models: int,
+                 per_negative=None, negative_indices=None) -> None:
+    """``per_target`` [T, n]: each target's score of every training image; optionally the
+    same for held-out negatives (``per_negative`` [Tn, n])."""
     per_target = np.asarray(per_target, np.float32)
     with atomic.h5(path, cfg, concept=concept, layer=layer, n_models=n_models) as f:
         f.create_dataset("per_target", data=per_target)
         f.create_dataset("concept_score", data=per_target.mean(0))
+        if per_negative is not None:
+            f.create_dataset("per_negative", data=np.asarray(per_negative, np.float32))
+            f.create_dataset("negative_indices", data=np.asarray(negative_indices, np.int64))
         f.create_dataset("target_indices", data=np.asarray(target_indices, np.int64))
 
 
@@ -291,6 +311,14 @@ def concept_scores(path) -> np.ndarray:
     """One score per training image (mean over the concept's targets)."""
     with reading(path) as f:
         return f["concept_score"][()]
+
+
+def negative_scores(path):
+    """(per_negative [Tn, n], negative_indices [Tn]) scored with the targets, or (None, None)."""
+    with reading(path) as f:
+        if "per_negative" not in f:
+            return None, None
+        return f["per_negative"][()], f["negative_indices"][()]
 
 
 def per_target_scores(path):

@@ -145,6 +145,10 @@ def check_ablation(config: dict) -> None:
     for name in a["concepts"] or []:
         if name not in names:
             raise ConfigError(f"config error: ablation.concepts: unknown concept {name!r} (have {names})")
+    spawn, tr = a["spawn_epoch"], config["train"]
+    if spawn and (not tr["checkpoint_every"] or spawn % tr["checkpoint_every"] or spawn >= tr["epochs"]):
+        raise ConfigError(f"config error: ablation.spawn_epoch: {spawn} is not a saved checkpoint "
+                          f"(train.checkpoint_every={tr['checkpoint_every']}, train.epochs={tr['epochs']})")
 
 
 def dataset_slice(config: dict) -> dict:

@@ -1,7 +1,9 @@
 """Stage 6: TRAK scores whose target is a concept probe, and their ground-truth check.
 
 For concept c, layer l: target images are the concept's held-out positives (a seeded
-subset of at most ``trak.max_targets``). For each model checkpoint, the target side is
+subset of at most ``trak.max_targets``). The same number of held-out negatives are scored
+alongside: validate uses them for TRAK's predicted change of the probe's selectivity
+(targets minus negatives); rankings use the targets only. For each model checkpoint, the target side is
 the projected gradient of probe_{c,l,m}(standardise(pool(h_l(x)))) with respect to the
 network's parameters, projected with the same projector (same seed, model id) as the
 training features. Models combine as traker's ``finalize_scores`` does:
@@ -28,12 +30,14 @@ from .features import setup
 log = logging.getLogger(__name__)
 
 
-def target_indices(probe_set_path, max_targets: int, seed: int, concept: str) -> np.ndarray:
-    """The concept's held-out positives in its probe set (a seeded subset of ``max_targets``)."""
+def target_indices(probe_set_path, max_targets: int, seed: int, concept: str, label: int = 1) -> np.ndarray:
+    """The concept's held-out positives (``label`` 1: the TRAK targets) or negatives (0: the
+    reference for selectivity) in its probe set, a seeded subset of ``max_targets``."""
     ps = artifacts.probe_set(probe_set_path, images=False)
-    idx = np.flatnonzero(ps["heldout"] & (ps["labels"] == 1))
+    idx = np.flatnonzero(ps["heldout"] & (ps["labels"] == label))
     if len(idx) > max_targets:
-        idx = np.sort(seeded_rng(seed, "trak-targets", concept).choice(idx, max_targets, replace=False))
+        stream = "trak-targets" if label == 1 else "trak-negatives"
+        idx = np.sort(seeded_rng(seed, stream, concept).choice(idx, max_targets, replace=False))
     return idx
 
 
@@ -95,7 +99,10 @@ def score(concept: str, layer: str, probe_set_path, probes_path, models: dict, f
     tidx = target_indices(probe_set_path, tcfg["max_targets"], cfg["seed"], concept)
     if len(tidx) == 0:
         raise ValueError(f"{probe_set_path}: concept {concept!r} has no held-out positives to use as TRAK targets")
-    timages = artifacts.probe_set_images(probe_set_path, tidx)
+    nidx = target_indices(probe_set_path, tcfg["max_targets"], cfg["seed"], concept, label=0)
+    # targets and negatives in one pass; the negatives' scores predict the change off the concept
+    timages = np.concatenate([artifacts.probe_set_images(probe_set_path, tidx),
+                              artifacts.probe_set_images(probe_set_path, nidx)])
 
     hardness = []
 
@@ -113,13 +120,15 @@ def score(concept: str, layer: str, probe_set_path, probes_path, models: dict, f
             hardness.append(feats["out_to_loss"])
             yield feats["x_xtx_inv"], g, feats["out_to_loss"]
 
-    per_target = combine(parts()).astype(np.float32)   # [targets, n_train]
+    both = combine(parts()).astype(np.float32)   # [targets + negatives, n_train]
+    per_target, per_negative = both[:len(tidx)], both[len(tidx):]
     result = {"concept": concept, "layer": layer, "n_targets": int(len(tidx)), "n_models": len(features)}
     truth = artifacts.concept_truth(probe_set_path)
     if truth is not None:
         result.update(enrichment(per_target.mean(0), truth, tcfg["top_fraction"], cfg["seed"],
                                  hardness=np.mean(hardness, axis=0)))
-    artifacts.write_scores(out_path, cfg, concept, layer, per_target, tidx, len(features))
+    artifacts.write_scores(out_path, cfg, concept, layer, per_target, tidx, len(features),
+                           per_negative=per_negative, negative_indices=nidx)
     artifacts.write_json(json_path, result)
     log.info("%s/%s: %s", concept, layer, json.dumps(result))
     return result

@@ -8,15 +8,16 @@ from .. import artifacts
 from .resnet import build
 
 
-def save(path, model, intermediate: dict, metrics: dict, config: dict, arrays=None) -> None:
-    """Write the final weights, intermediate ``{epoch: state_dict}``, metrics and per-example
-    ``arrays`` (e.g. test_correct) atomically."""
+def save(path, model, intermediate: dict, metrics: dict, config: dict, arrays=None, momentum=None) -> None:
+    """Write the final weights, intermediate ``{epoch: state_dict}``, metrics, per-example
+    ``arrays`` (e.g. test_correct) and the optimizer's ``{epoch: {param: momentum}}`` atomically."""
     def numpy(state):
         return {k: v.detach().cpu().numpy() for k, v in state.items()}
 
     states = {f"epoch_{e:04d}": numpy(s) for e, s in intermediate.items()}
     states["final"] = numpy(model.state_dict())
-    artifacts.write_model(path, config, model.arch, states, metrics, arrays)
+    buffers = {f"epoch_{e:04d}": numpy(b) for e, b in (momentum or {}).items()}
+    artifacts.write_model(path, config, model.arch, states, metrics, arrays, buffers)
 
 
 def load(path, which: str = "final", device="cpu"):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
+import warnings
 
 import numpy as np
 import torch
@@ -73,11 +74,20 @@ def make_model(info: dict, model_cfg: dict):
     return build(arch)
 
 
-def train_member(data_path, out_path, member: int, cfg: dict, train_indices=None) -> dict:
+def spawn_schedule(epochs: int, spawn_epoch: int, steps_base: int, steps_twin: int) -> tuple:
+    """(total scheduler steps, steps already taken) of a twin that resumes its base run after
+    ``spawn_epoch`` epochs of ``steps_base`` steps and trains the rest with ``steps_twin``."""
+    return spawn_epoch * steps_base + (epochs - spawn_epoch) * steps_twin, spawn_epoch * steps_base
+
+
+def train_member(data_path, out_path, member: int, cfg: dict, train_indices=None, spawn=None) -> dict:
     """Train ensemble member ``member`` with the recipe ``cfg`` (keys: seed, model, train).
 
     ``train_indices`` (sorted base indices) restricts training to a subset of the train
     split (an ablated condition), paired with the base run as the module describes.
+    ``spawn`` = (base model file, epoch E): start from the base member's weights and
+    optimizer state after epoch E instead of from scratch (``ablation.spawn_epoch``); the
+    draws of epochs 1..E are replayed so epochs E+1.. see the base run's stream.
     Returns the metrics stored with the checkpoint.
     """
     tcfg, seed = cfg["train"], derive_seed(cfg["seed"], "member", member)
@@ -99,15 +109,23 @@ def train_member(data_path, out_path, member: int, cfg: dict, train_indices=None
                           weight_decay=tcfg["weight_decay"], nesterov=True)
     epochs, bs = tcfg["epochs"], tcfg["batch_size"]
     steps_per_epoch = max(1, int(np.ceil(len(y_train) / bs)))
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=tcfg["lr"], total_steps=epochs * steps_per_epoch,
+    start, total_steps, done_steps = 0, epochs * steps_per_epoch, 0
+    if spawn is not None:
+        start = int(spawn[1])
+        total_steps, done_steps = spawn_schedule(epochs, start, max(1, int(np.ceil(n_base / bs))), steps_per_epoch)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=tcfg["lr"], total_steps=total_steps,
                                                 pct_start=0.25, anneal_strategy="linear")
     gen = torch.Generator().manual_seed(seed)
-    every = tcfg["checkpoint_every"]
-    saved = {}
-    log.info("member %d: %d train images, %d epochs, device %s, %d threads",
-             member, len(y_train), epochs, device, torch.get_num_threads())
     shift, flips = tcfg["augment_shift"], tcfg["augment_flip"]
-    for epoch in range(1, epochs + 1):
+    if spawn is not None:
+        resume(model, opt, sched, spawn[0], start, done_steps, device)
+        for _ in range(start):
+            epoch_draws(gen, n_base, shift)
+    every = tcfg["checkpoint_every"]
+    saved, momentum = {}, {}
+    log.info("member %d: %d train images, epochs %d..%d, device %s, %d threads",
+             member, len(y_train), start + 1, epochs, device, torch.get_num_threads())
+    for epoch in range(start + 1, epochs + 1):
         model.train()
         t0, total, n = time.time(), torch.zeros((), device=device), 0
         order, ox, oy, flip = epoch_draws(gen, n_base, shift)
@@ -129,17 +147,34 @@ def train_member(data_path, out_path, member: int, cfg: dict, train_indices=None
         log.info("member %d epoch %d/%d loss %.4f (%.1fs)", member, epoch, epochs, total, time.time() - t0)
         if every and epoch % every == 0 and epoch != epochs:
             saved[epoch] = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+            momentum[epoch] = {k: opt.state[p]["momentum_buffer"].detach().cpu().clone()
+                               for k, p in model.named_parameters() if "momentum_buffer" in opt.state[p]}
     test_correct = predictions(model, x_test, device) == y_test
     metrics = {"train_acc": accuracy(model, x_train, y_train, device),
                "test_acc": float(test_correct.mean()) if len(y_test) else 0.0,
                "final_loss": total, "n_train": int(len(y_train)), "seed": int(seed)}
     log.info("member %d: train acc %.4f, test acc %.4f", member, metrics["train_acc"], metrics["test_acc"])
-    checkpoints.save(out_path, model, saved, metrics, cfg, arrays={"test_correct": test_correct})
+    checkpoints.save(out_path, model, saved, metrics, cfg, arrays={"test_correct": test_correct}, momentum=momentum)
     return metrics
+
+
+def resume(model, opt, sched, base_path, epoch: int, steps: int, device) -> None:
+    """Load the base member's weights and momentum after ``epoch`` and step the schedule ``steps`` times."""
+    name = f"epoch_{epoch:04d}"
+    _, state = artifacts.model_state(base_path, name)
+    model.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()})
+    buffers = artifacts.optimizer_state(base_path, name)
+    for k, p in model.named_parameters():
+        opt.state[p]["momentum_buffer"] = torch.from_numpy(buffers[k]).to(device)
+    with warnings.catch_warnings():   # stepping the schedule alone is intended here
+        warnings.simplefilter("ignore", UserWarning)
+        for _ in range(steps):
+            sched.step()
 
 
 def train_stage(job) -> None:
     """Base members train on the whole train split; an ablated condition's on its kept images."""
     keep = artifacts.ablation(job.input["ablation"])["keep"] if "ablation" in job.input else None
+    spawn = (job.input["spawn"], job.params["spawn_epoch"]) if "spawn" in job.input else None
     train_member(job.input["data"], job.output["model"], int(job.wildcards["member"]), job.params,
-                 train_indices=keep)
+                 train_indices=keep, spawn=spawn)

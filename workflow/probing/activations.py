@@ -27,16 +27,18 @@ def pooled_activations(model, images: np.ndarray, layers, device, batch_size: in
     return {k: np.concatenate(v) for k, v in out.items()}
 
 
-def extract(model_path, images_path, out_path, cfg: dict) -> None:
-    """Write pooled activations of the images in ``images_path`` (a probe set) for ``cfg['layers']``."""
+def extract(model_path, probe_sets: dict, out_paths: dict, cfg: dict) -> None:
+    """For each concept of ``probe_sets`` ({concept: probe-set file}), write the pooled
+    activations of its images for ``cfg['layers']`` to ``out_paths[concept]``; the model
+    is loaded once."""
     device = resolve_device(cfg["activations"]["device"])
     model = checkpoints.load(model_path, "final", device)
-    images = artifacts.probe_set(images_path)["images"]
-    acts = pooled_activations(model, images, cfg["layers"], device, cfg["activations"]["batch_size"])
-    artifacts.write_activations(out_path, cfg, acts)
-    for layer, a in acts.items():
-        log.info("%s: %s", layer, a.shape)
+    for concept, images_path in probe_sets.items():
+        images = artifacts.probe_set(images_path)["images"]
+        acts = pooled_activations(model, images, cfg["layers"], device, cfg["activations"]["batch_size"])
+        artifacts.write_activations(out_paths[concept], cfg, acts)
+        log.info("%s: %s", concept, ", ".join(f"{layer} {a.shape}" for layer, a in acts.items()))
 
 
 def activations_stage(job) -> None:
-    extract(job.input["model"], job.input["probe_set"], job.output["activations"], job.params)
+    extract(job.input["model"], job.input["probe_sets"], job.output["activations"], job.params)

@@ -110,7 +110,7 @@ def enrichment_figure(enrichment: dict, concepts: list, layers: list, path) -> N
 
 
 CURVE_PANELS = (("refit_acc", "refit-probe accuracy change"), ("output_targets", "fixed-probe output change (targets)"),
-                ("bal_acc", "fixed-probe bal. accuracy change"))
+                ("selectivity", "fixed-probe selectivity change"), ("bal_acc", "fixed-probe bal. accuracy change"))
 
 
 def curves_figure(validations: dict, path) -> None:
@@ -119,12 +119,12 @@ def curves_figure(validations: dict, path) -> None:
     the t-interval over members as a band (an error bar at a single size)."""
     plt = _plt()
     concepts = list(validations)
-    fig, axes = plt.subplots(len(concepts), 3, figsize=(13, 3.3 * len(concepts)), squeeze=False)
+    fig, axes = plt.subplots(len(concepts), len(CURVE_PANELS), figsize=(17, 3.3 * len(concepts)), squeeze=False)
     for row, concept in zip(axes, concepts):
         v = validations[concept]
         for ax, (key, title) in zip(row, CURVE_PANELS):
             for dodge, (kind, color) in zip((-0.015, 0.0, 0.015), (("top", "C3"), ("bottom", "C0"), ("random", "grey"))):
-                pts = [p for p in v["curves"].get(kind, []) if p[key] is not None]
+                pts = [p for p in v["curves"].get(kind, []) if p.get(key) is not None]
                 if not pts:
                     continue
                 x = np.array([p["n_removed"] for p in pts]) * (1 + dodge)   # side by side at equal sizes
@@ -157,22 +157,38 @@ def validation_html(validations: dict) -> str:
         rows = []
         for cond, c in loc["conditions"].items():
             ch = c["change"]
+            ps = c["predicted"].get("selectivity")
             rows.append([cond, c["n_removed"], stats.fmt(ch["output_targets"], 3, True),
                          f"{c['predicted']['mean']:+.3f}", f"{c['agreement']['pearson']:.2f}",
+                         stats.fmt(ch["selectivity"], 3, True), "n/a" if ps is None else f"{ps:+.3f}",
                          stats.fmt(ch["output_positives"], 3, True), stats.fmt(ch["output_negatives"], 3, True),
                          stats.fmt(ch["bal_acc"], 3, True), stats.fmt(ch["auc"], 3, True),
                          f"{c['twin_correlation']:.2f}"])
         parts.append(_table(["condition", "removed", "output change on targets", "TRAK predicted",
-                             "agreement r", "held-out positives", "held-out negatives", "bal. accuracy change",
-                             "AUC change", "twin corr."], rows))
-        crow = [[name, stats.fmt(c["output_targets"], 3, True), f"{c['output_targets']['mde']:.3f}",
-                 f"{c['predicted']:+.3f}", stats.fmt(c["bal_acc"], 3, True), f"{c['bal_acc']['mde']:.3f}"]
+                             "agreement r", "selectivity change", "TRAK predicted", "held-out positives",
+                             "held-out negatives", "bal. accuracy change", "AUC change", "twin corr."], rows))
+
+        def pred(x):
+            return "n/a" if x is None else f"{x:+.3f}"
+        crow = [[name, stats.fmt(c["selectivity"], 3, True), f"{c['selectivity']['mde']:.3f}",
+                 pred(c["predicted_selectivity"]), stats.fmt(c["output_targets"], 3, True),
+                 f"{c['output_targets']['mde']:.3f}", pred(c["predicted"]), stats.fmt(c["bal_acc"], 3, True),
+                 f"{c['bal_acc']['mde']:.3f}"]
                 for name, c in loc["contrasts"].items()]
+        pc = v.get("positive_control")
+        if pc:
+            crow.append([f"oracle-{concept} - random (positive control)", stats.fmt(pc["selectivity"], 3, True),
+                         f"{pc['selectivity']['mde']:.3f}", "", stats.fmt(pc["output_targets"], 3, True),
+                         f"{pc['output_targets']['mde']:.3f}", "", stats.fmt(pc["bal_acc"], 3, True),
+                         f"{pc['bal_acc']['mde']:.3f}"])
         if crow:
-            parts.append(_table(["paired contrast", "output diff", "detectable", "TRAK predicted diff",
-                                 "bal. acc diff", "detectable"], crow))
+            parts.append(_table(["paired contrast", "selectivity diff", "detectable", "TRAK predicted diff",
+                                 "output diff", "detectable", "TRAK predicted diff", "bal. acc diff", "detectable"],
+                                crow))
         parts.append(f"<p class=\"note\">Unrelated base members' activation correlation at this layer: "
-                     f"{loc['unrelated_member_correlation']:.2f}; {loc['n_targets']} TRAK targets.</p>")
+                     f"{loc['unrelated_member_correlation']:.2f}; {loc['n_targets']} TRAK targets, "
+                     f"{loc.get('n_negatives', 0)} scored negatives. The verdict tests "
+                     f"{html.escape(v.get('measure', 'output_targets'))}.</p>")
     return "".join(parts)
 
 

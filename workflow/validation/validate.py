@@ -7,11 +7,15 @@ on the concept's probe set. What removing the images *did*:
 
 - the change of the fixed probe's output (decision value) on the concept's TRAK targets,
   on the held-out positives and on the held-out negatives;
+- the change of its *selectivity*: the mean output on the targets minus the mean output
+  on the scored held-out negatives. A retrained twin's features drift as a whole, which
+  moves the output of every image alike; the difference cancels that shared part
+  (docs/method.md, "Drift under control", has the measured effect on power);
 - the change of its balanced accuracy and AUC on the held-out probe set.
 
 What TRAK *claimed* it would do: for each target t, minus the sum over the removed images
 of their scores for t (the scores are the ensemble's, so the claim is one number per
-target). Their agreement across targets is a correlation. The decisive comparisons are
+target); for the selectivity, the same for the targets minus that for the negatives. Their agreement across targets is a correlation. The decisive comparisons are
 paired over members: "top-k minus random" and "top-k minus bottom-k" of the change, with
 t-intervals and minimal detectable effects (``workflow.stats``). Attribution is supported
 when removing the top-k lowers the output more than removing random images, by more than
@@ -58,30 +62,43 @@ def agreement(predicted: np.ndarray, actual: np.ndarray) -> dict:
             "spearman": float(np.corrcoef(rank(predicted), rank(actual))[0, 1])}
 
 
-def probe_readout(probe: dict, acts: np.ndarray, labels: np.ndarray, held: np.ndarray, targets: np.ndarray) -> dict:
+MEASURES = {"selectivity": "selectivity (output on targets minus on negatives)",
+            "output_targets": "output on the targets"}
+
+
+def probe_readout(probe: dict, acts: np.ndarray, labels: np.ndarray, held: np.ndarray, targets: np.ndarray,
+                  negatives: np.ndarray) -> dict:
     """The fixed probe's outputs and held-out accuracy on one model's activations."""
     f = decision_function(probe, acts.astype(np.float64))
     y, fh = labels[held], f[held]
-    return {"f": f, "targets": f[targets], "pos": float(fh[y == 1].mean()), "neg": float(fh[y == 0].mean()),
+    return {"f": f, "targets": f[targets], "selectivity": float(f[targets].mean() - f[negatives].mean()),
+            "pos": float(fh[y == 1].mean()), "neg": float(fh[y == 0].mean()),
             "bal_acc": float(balanced_accuracy_score(y, (fh > 0).astype(int))),
             "auc": float(roc_auc_score(y, fh)) if len(np.unique(y)) == 2 else float("nan")}
 
 
-def validate_layer(layer: str, members: list, probes_path, acts: dict, ablations: dict, per_target, targets,
+def validate_layer(layer: str, members: list, probes_path, acts: dict, ablations: dict, scores: dict,
                    labels, held, summaries: dict, confidence: float) -> dict:
     """Every condition's actual and predicted change at ``layer``; ``acts``: {condition:
-    {member: {layer: [N, C]}}}, ``ablations``: {condition: set}."""
+    {member: {layer: [N, C]}}}, ``ablations``: {condition: set}, ``scores``: {"per_target",
+    "targets", "per_negative", "negatives"} (probe-set indices and their TRAK scores)."""
     probes = {m: artifacts.probe(probes_path, m, layer) for m in members}
-    base = {m: probe_readout(probes[m], acts["base"][m][layer], labels, held, targets) for m in members}
+    targets, negatives = scores["targets"], scores["negatives"]
+
+    def readout(m, a):
+        return probe_readout(probes[m], a, labels, held, targets, negatives)
+
+    base = {m: readout(m, acts["base"][m][layer]) for m in members}
     corr_unrelated = [channel_correlation(acts["base"][a][layer], acts["base"][b][layer])
                       for i, a in enumerate(members) for b in members[i + 1:]]
     out = {"unrelated_member_correlation": float(np.mean(corr_unrelated)) if corr_unrelated else float("nan"),
            "base": {k: [base[m][k] for m in members] for k in ("pos", "neg", "bal_acc", "auc")},
            "conditions": {}}
     for cond, a in ablations.items():
-        twin = {m: probe_readout(probes[m], acts[cond][m][layer], labels, held, targets) for m in members}
+        twin = {m: readout(m, acts[cond][m][layer]) for m in members}
         per_member = {
             "output_targets": [float(np.mean(twin[m]["targets"] - base[m]["targets"])) for m in members],
+            "selectivity": [twin[m]["selectivity"] - base[m]["selectivity"] for m in members],
             "output_positives": [twin[m]["pos"] - base[m]["pos"] for m in members],
             "output_negatives": [twin[m]["neg"] - base[m]["neg"] for m in members],
             "bal_acc": [twin[m]["bal_acc"] - base[m]["bal_acc"] for m in members],
@@ -89,7 +106,10 @@ def validate_layer(layer: str, members: list, probes_path, acts: dict, ablations
             "twin_correlation": [channel_correlation(acts["base"][m][layer], acts[cond][m][layer]) for m in members],
         }
         actual = np.mean([twin[m]["targets"] - base[m]["targets"] for m in members], axis=0)
-        predicted = predicted_change(per_target, a["removed"])
+        predicted = predicted_change(scores["per_target"], a["removed"])
+        predicted_sel = None
+        if scores["per_negative"] is not None:
+            predicted_sel = float(predicted.mean() - predicted_change(scores["per_negative"], a["removed"]).mean())
         refit = None
         if cond in summaries:  # refit-probe accuracy at this layer (the retrained ensemble's own probes)
             s_b, s_c = summaries["base"], summaries[cond]
@@ -102,7 +122,8 @@ def validate_layer(layer: str, members: list, probes_path, acts: dict, ablations
             "change": {k: stats.t_interval(v, confidence) for k, v in per_member.items() if k != "twin_correlation"},
             "twin_correlation": float(np.mean(per_member["twin_correlation"])),
             "refit_acc": refit,
-            "predicted": {"mean": float(predicted.mean()), "per_target": predicted.tolist()},
+            "predicted": {"mean": float(predicted.mean()), "per_target": predicted.tolist(),
+                          "selectivity": predicted_sel},
             "actual_per_target": actual.tolist(),
             "agreement": agreement(predicted, actual),
         }
@@ -122,40 +143,44 @@ def contrasts(layer_result: dict, designs: dict, concept: str, layer_name: str, 
             if other not in conds:
                 continue
             a, b = conds[name], conds[other]
+            pa, pb = a["predicted"]["selectivity"], b["predicted"]["selectivity"]
             out[f"{name} - {other}"] = {
                 "top": name, "control": other, "control_kind": label,
-                "output_targets": stats.paired(a["per_member"]["output_targets"], b["per_member"]["output_targets"],
-                                               confidence),
-                "bal_acc": stats.paired(a["per_member"]["bal_acc"], b["per_member"]["bal_acc"], confidence),
-                "auc": stats.paired(a["per_member"]["auc"], b["per_member"]["auc"], confidence),
+                **{k: stats.paired(a["per_member"][k], b["per_member"][k], confidence)
+                   for k in ("output_targets", "selectivity", "bal_acc", "auc")},
                 "predicted": a["predicted"]["mean"] - b["predicted"]["mean"],
+                "predicted_selectivity": None if pa is None or pb is None else pa - pb,
             }
     return out
 
 
-def verdict(concept: str, main: dict, oracle: dict | None) -> dict:
-    """Plain words for the main top-k vs random contrast at the location."""
+def verdict(concept: str, main: dict, oracle: dict | None, measure: str = "selectivity") -> dict:
+    """Plain words for the main top-k vs random contrast at the location, on ``measure``
+    (``selectivity`` or ``output_targets``); accuracy is reported beside it."""
     if main is None:
-        return {"supported": None, "underpowered": None, "text": f"{concept}: no top-k vs random comparison configured"}
-    out, acc = main["output_targets"], main["bal_acc"]
+        return {"supported": None, "underpowered": None, "measure": measure,
+                "text": f"{concept}: no top-k vs random comparison configured"}
+    out, acc = main[measure], main["bal_acc"]
+    pred = main["predicted"] if measure == "output_targets" else main["predicted_selectivity"]
+    pred = float("nan") if pred is None else pred
     supported = out["hi"] < 0
     acc_also = acc["hi"] < 0
-    pred = main["predicted"]
-    control = None if oracle is None else oracle["output_targets"]["point"]
-    under = (not supported) and (abs(pred) < out["mde"] or (control is not None and abs(control) < out["mde"]))
-    k = main["top"]
+    control = None if oracle is None else oracle[measure]
+    under = (not supported) and (not abs(pred) >= out["mde"]
+                                 or (control is not None and abs(control["point"]) < out["mde"]))
+    k, what = main["top"], MEASURES[measure]
     if supported:
-        text = (f"{concept}: attribution supported: removing {k} lowers the concept's output more than removing "
-                f"random images: diff {stats.fmt(out, 3, True)}"
+        text = (f"{concept}: attribution supported: removing {k} lowers the concept's {what} more than removing "
+                f"random images: diff {stats.fmt(out, 3, True)}; TRAK predicted {pred:+.3f}"
                 + (f"; accuracy too: {stats.fmt(acc, 3, True)}" if acc_also
                    else f"; accuracy not separated: {stats.fmt(acc, 3, True)}"))
     else:
-        text = (f"{concept}: attribution not supported: {k} - random output diff {stats.fmt(out, 3, True)}, "
+        text = (f"{concept}: attribution not supported: {k} - random {what} diff {stats.fmt(out, 3, True)}, "
                 f"detectable >= {out['mde']:.3f}; TRAK predicted {pred:+.3f}"
-                + ("" if control is None else f"; positive control (oracle - random) {control:+.3f}")
+                + ("" if control is None else f"; positive control (oracle - random) {stats.fmt(control, 3, True)}")
                 + ("; UNDERPOWERED: the predicted or the control effect is below the detectable one" if under else ""))
     return {"supported": bool(supported), "accuracy_supported": bool(acc_also), "underpowered": bool(under),
-            "text": text}
+            "measure": measure, "text": text}
 
 
 def curves(layer_result: dict, designs: dict, concept: str, confidence: float) -> dict:
@@ -171,7 +196,7 @@ def curves(layer_result: dict, designs: dict, concept: str, confidence: float) -
         out.setdefault(d["kind"], []).append({
             "condition": name, "fraction": d["fraction"], "n_removed": c["n_removed"],
             "refit_acc": c["refit_acc"], "output_targets": c["change"]["output_targets"],
-            "bal_acc": c["change"]["bal_acc"]})
+            "selectivity": c["change"]["selectivity"], "bal_acc": c["change"]["bal_acc"]})
     for points in out.values():
         points.sort(key=lambda p: p["n_removed"])
     return out
@@ -196,9 +221,14 @@ def validate(concept: str, cfg: dict, probe_set_path, probes_path, activation_pa
               "layers": {}}
     for layer in layers:
         per_target, target_idx = artifacts.per_target_scores(score_paths[layer])
-        lr = validate_layer(layer, members, probes_path, acts, ablations, per_target, target_idx, labels, held,
-                            summaries, confidence)
-        lr["n_targets"] = int(len(target_idx))
+        per_negative, negative_idx = artifacts.negative_scores(score_paths[layer])
+        if negative_idx is None:    # scores without negatives: every held-out negative
+            negative_idx = np.flatnonzero(held & (labels == 0))
+        scores = {"per_target": per_target, "targets": target_idx, "per_negative": per_negative,
+                  "negatives": negative_idx}
+        lr = validate_layer(layer, members, probes_path, acts, ablations, scores, labels, held, summaries,
+                            confidence)
+        lr["n_targets"], lr["n_negatives"] = int(len(target_idx)), int(len(negative_idx))
         lr["contrasts"] = contrasts(lr, designs, concept, "location" if layer == location else layer, confidence)
         result["layers"][layer] = lr
     loc = result["layers"][location]
@@ -209,9 +239,10 @@ def validate(concept: str, cfg: dict, probe_set_path, probes_path, activation_pa
     oracle = None
     if oracle_name in loc["conditions"] and "random" in loc["conditions"]:
         o, r = loc["conditions"][oracle_name]["per_member"], loc["conditions"]["random"]["per_member"]
-        oracle = {"output_targets": stats.paired(o["output_targets"], r["output_targets"], confidence)}
+        oracle = {k: stats.paired(o[k], r[k], confidence) for k in ("output_targets", "selectivity", "bal_acc")}
     result["positive_control"] = oracle
-    result["verdict"] = verdict(concept, main, oracle)
+    result["measure"] = cfg["measure"]
+    result["verdict"] = verdict(concept, main, oracle, cfg["measure"])
     result["curves"] = curves(loc, designs, concept, confidence)
     return result
 
@@ -222,18 +253,29 @@ def format_text(result: dict) -> str:
     lines.append(f"  at {result['location']} ({loc['n_targets']} TRAK targets; change = twin - base with base "
                  f"member's probe held fixed; mean over members [{int(100 * result['confidence'])}% t-interval])")
     lines.append(f"  {'condition':<22} {'removed':>7} {'output (targets)':>26} {'predicted':>9} {'agree r':>7} "
-                 f"{'bal. acc':>26} {'twin corr':>9}")
+                 f"{'selectivity':>26} {'predicted':>9} {'bal. acc':>26} {'twin corr':>9}")
     for cond, c in loc["conditions"].items():
-        ch = c["change"]
+        ch, ps = c["change"], c["predicted"]["selectivity"]
         lines.append(f"  {cond:<22} {c['n_removed']:7d} {stats.fmt(ch['output_targets'], 3, True):>26} "
                      f"{c['predicted']['mean']:+9.3f} {c['agreement']['pearson']:7.2f} "
+                     f"{stats.fmt(ch['selectivity'], 3, True):>26} {_num(ps):>9} "
                      f"{stats.fmt(ch['bal_acc'], 3, True):>26} {c['twin_correlation']:9.2f}")
     lines.append(f"  unrelated base members' correlation: {loc['unrelated_member_correlation']:.2f}")
     for name, cst in loc["contrasts"].items():
-        lines.append(f"  {name}: output {stats.fmt(cst['output_targets'], 3, True)} (detectable >= "
+        lines.append(f"  {name}: selectivity {stats.fmt(cst['selectivity'], 3, True)} (detectable >= "
+                     f"{cst['selectivity']['mde']:.3f}, TRAK predicted {_num(cst['predicted_selectivity'])}); "
+                     f"output {stats.fmt(cst['output_targets'], 3, True)} (detectable >= "
                      f"{cst['output_targets']['mde']:.3f}, TRAK predicted {cst['predicted']:+.3f}); bal. acc "
                      f"{stats.fmt(cst['bal_acc'], 3, True)} (detectable >= {cst['bal_acc']['mde']:.3f})")
+    pc = result.get("positive_control")
+    if pc:
+        lines.append("  positive control oracle - random: " + "; ".join(
+            f"{k} {stats.fmt(v, 3, True)} (detectable >= {v['mde']:.3f})" for k, v in pc.items()))
     return "\n".join(lines)
+
+
+def _num(x) -> str:
+    return "n/a" if x is None else f"{x:+.3f}"
 
 
 def validate_stage(job) -> str:
