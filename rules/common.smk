@@ -8,7 +8,7 @@ import string
 
 from snakemake.settings.types import DeploymentMethod
 from workflow.ablation.sets import conditions as ablation_conditions
-from workflow.config import dataset_slice
+from workflow.config import dataset_slice, rule_resources as config_rule_resources
 from workflow.provenance import stage_digest
 
 RESULTS = f"results/{config['experiment']}"
@@ -105,7 +105,7 @@ def stage_files(inputs_source, outputs_tree):
 def stage_cmd(stage):
     """The shell command of a rule: its stage, config slice, files, threads and log."""
     return (f"python -m workflow {stage} --params {{params.cfg:q}} --files {{params.files:q}} "
-            f"--threads {{threads}} --log {{log:q}}")
+            f"--threads {{threads}} --mem-mb {{resources.mem_mb}} --log {{log:q}}")
 
 
 def code_digest(stage):
@@ -167,14 +167,9 @@ def ablation_params(condition):
 
 
 def rule_resources(family, device=None):
-    """Memory (MB) and wall time (min) of a rule family from config["resources"] (its own
-    entry over "default"), and one GPU when the stage's device is cuda. CPU rules ask for
-    no GPU at all. On SLURM the plugin turns these into --mem, -t and --gpus."""
-    r = {**config["resources"]["default"], **config["resources"].get(family, {})}
-    out = {"mem_mb": r["mem_mb"], "runtime": r["runtime"]}
-    if device == "cuda":
-        out["gpu"] = 1
-    return out
+    """Memory and wall time growing with the attempt, and a GPU for cuda stages:
+    ``workflow.config.rule_resources``."""
+    return config_rule_resources(config, family, device)
 
 
 # -- input functions (lint: functions live here, rules in their own files) --------------------

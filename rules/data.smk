@@ -11,6 +11,7 @@ rule base_data:
         cfg=lambda w: as_json(data_params()),
         files=stage_files({}, {"data": BASE}),
         code=code_digest("base"),
+    threads: config["threads"]["data"]
     resources:
         **rule_resources("data"),
     log:

@@ -112,6 +112,34 @@ def test_imagefolder_subset_is_stratified_and_seeded(tmp_path):
     assert a["train"][0].tobytes() != c["train"][0].tobytes()
 
 
+@pytest.mark.parametrize("workers", [1, 3])
+def test_imagefolder_base_is_streamed_in_blocks_with_the_same_images_and_stats(tmp_path, workers):
+    """base_data on an ImageFolder tree: decoded by a worker pool, written block by block,
+    channel stats from exact integer sums; same images, labels and stats as in memory."""
+    from workflow import artifacts
+    from workflow.data import imagefolder
+
+    write_tree(tmp_path / "tree", n_train=23)
+    cfg = base_cfg(name="imagefolder", root=str(tmp_path / "tree"), subset_fraction=1.0, test_fraction=0.1)
+    ref = data.load_base(cfg)
+    x = ref["train"][0].reshape(-1, 3) / 255.0
+    data.build_base(cfg, tmp_path / "base.h5", workers=workers)
+    for split in ("train", "test"):
+        got = artifacts.base_split(tmp_path / "base.h5", split)
+        assert np.array_equal(got[0], ref[split][0]) and np.array_equal(got[1], ref[split][1])
+    info = artifacts.base_info(tmp_path / "base.h5")
+    assert np.allclose(info["pixel_mean"], x.mean(0), rtol=0, atol=1e-12)
+    assert np.allclose(info["pixel_std"], x.std(0), rtol=0, atol=1e-12)
+    paths = imagefolder.split_files(str(tmp_path / "tree"), 1.0, 0.1, np.random.default_rng(0))["train"][0]
+    sizes = [len(b) for b in imagefolder.blocks(paths, 32, workers, block=5)]
+    assert sizes == [5, 5, 5, 5, 5, 5, 5, 5, 5, 5, 5, 5, 5, 4]       # 69 images, in order, bounded blocks
+    bad = tmp_path / "tree" / "train" / "bee" / "3.png"
+    bad.write_bytes(b"garbage")
+    with pytest.raises(ImageDecodeError, match="3.png: cannot decode image"):
+        data.build_base(cfg, tmp_path / "bad.h5", workers=workers)
+    assert not (tmp_path / "bad.h5").exists()
+
+
 def test_imagefolder_folder_concept(tmp_path):
     write_tree(tmp_path / "tree")
     cfg = base_cfg(name="imagefolder", root=str(tmp_path / "tree"), subset_fraction=1.0, test_fraction=0.1)

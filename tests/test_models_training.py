@@ -121,6 +121,25 @@ def test_zero_removal_reproduces_the_base_weights_bit_for_bit(tmp_path):
         train.train_member(tmp_path / "base.h5", tmp_path / "bad.h5", 0, tcfg, train_indices=[3, 2])
 
 
+def test_reading_batches_from_the_file_trains_the_same_weights_as_holding_the_split(tmp_path):
+    """A job whose memory cannot hold the split reads each batch from the base file; the
+    run is bit for bit the one that holds the images in RAM."""
+    from workflow.model.loader import ImageSource
+
+    tcfg = tiny_base(tmp_path)
+    keep = np.setdiff1d(np.arange(96), [1, 7, 40])
+    held = train.train_member(tmp_path / "base.h5", tmp_path / "held.h5", 0, tcfg, train_indices=keep)
+    read = train.train_member(tmp_path / "base.h5", tmp_path / "read.h5", 0, tcfg, train_indices=keep, mem_mb=0)
+    _, a = artifacts.model_state(tmp_path / "held.h5")
+    _, b = artifacts.model_state(tmp_path / "read.h5")
+    assert all(np.array_equal(a[k], b[k]) for k in a) and held == read
+    src = ImageSource(tmp_path / "base.h5", "train", keep, mem_mb=0)
+    assert not src.held and ImageSource(tmp_path / "base.h5", "train", keep, mem_mb=2).held   # 93 x 3 KB
+    x, y = src.batch([50, 2, 50, 95])                      # any order, repeats allowed
+    ref_x, ref_y = artifacts.base_split(tmp_path / "base.h5", "train")
+    assert np.array_equal(x, ref_x[[50, 2, 50, 95]]) and np.array_equal(y, ref_y[[50, 2, 50, 95]])
+
+
 def test_spawned_twin_resumes_the_base_run_bit_for_bit(tmp_path):
     """ablation.spawn_epoch: a twin started from the base member's state after epoch E with
     nothing removed ends on the base weights; with images removed it differs only after E."""

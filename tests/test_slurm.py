@@ -69,6 +69,16 @@ def test_imagenet_preset_dry_run_asks_gpus_for_gpu_rules_only(tmp_path):
     assert len(res["featurize"]) == preset["ensemble"]["size"] * len(t["checkpoints"]) * t["shards"]
 
 
+def test_memory_and_wall_time_grow_with_the_attempt():
+    from workflow.config import rule_resources
+
+    cfg = {"resources": {"default": {"mem_mb": 4000, "runtime": 60}, "train": {"mem_mb": 48000}}}
+    r = rule_resources(cfg, "train", device="cuda")
+    assert [r["mem_mb"](None, a) for a in (1, 2, 3)] == [48000, 96000, 144000]
+    assert [r["runtime"](None, a) for a in (1, 2)] == [60, 120] and r["gpu"] == 1
+    assert "gpu" not in rule_resources(cfg, "probes", device="cpu")
+
+
 LOCAL_SLURM = REPO / "scripts" / "local-slurm.sh"
 
 

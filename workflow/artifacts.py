@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 
+import h5py
 import numpy as np
 
 from . import atomic
@@ -47,6 +48,40 @@ def write_base(path, cfg: dict, splits: dict, class_names: list, pixel_mean, pix
             g.create_dataset("labels", data=arrays[1])
             if len(arrays) > 2 and arrays[2] is not None:
                 g.create_dataset("planted", data=arrays[2])
+
+
+def write_base_blocks(path, cfg: dict, class_names: list, image_size: int, splits: dict) -> dict:
+    """The base file written block by block: ``splits`` {split: (labels, iterable of uint8
+    image blocks in order)}. The train split's channel mean and std are accumulated as
+    exact integer sums over the blocks. Images are chunked a few hundred KB at a time, so
+    a random batch reads only its own images. Returns the pixel mean and std."""
+    row = image_size * image_size * 3
+    rows = max(1, min(256, (1 << 18) // row))
+    s1 = np.zeros(3, np.int64)
+    s2 = np.zeros(3, np.int64)
+    count = 0
+    with atomic.h5(path, cfg, class_names=json.dumps(list(class_names)), num_classes=len(class_names),
+                   image_size=image_size) as f:
+        for split, (labels, image_blocks) in splits.items():
+            n = len(labels)
+            g = f.create_group(split)
+            ds = g.create_dataset("images", shape=(n, image_size, image_size, 3), dtype=np.uint8,
+                                  chunks=(max(1, min(rows, n)), image_size, image_size, 3))
+            g.create_dataset("labels", data=np.asarray(labels, np.int64))
+            at = 0
+            for x in image_blocks:
+                ds[at:at + len(x)] = x
+                at += len(x)
+                if split == "train":
+                    s1 += x.sum(axis=(0, 1, 2), dtype=np.int64)
+                    s2 += np.einsum("nhwc,nhwc->c", x, x, dtype=np.int64)
+                    count += x.shape[0] * x.shape[1] * x.shape[2]
+            if at != n:
+                raise ValueError(f"{path}: {split} got {at} images for {n} labels")
+        mean = s1 / max(count, 1)
+        std = np.sqrt(np.maximum(s2 / max(count, 1) - mean ** 2, 0.0))
+        f.attrs["pixel_mean"], f.attrs["pixel_std"] = mean / 255.0, std / 255.0
+    return {"pixel_mean": mean / 255.0, "pixel_std": std / 255.0}
 
 
 def base_info(path) -> dict:
@@ -84,6 +119,32 @@ def base_split(path, split: str, indices=None):
         inv[order] = np.arange(len(order))
         srt = idx[order]
         return g["images"][srt][inv], g["labels"][srt][inv].astype(np.int64)
+
+
+class BaseReader:
+    """Rows of one split of the base file by index, read from the open file (chunked reads
+    of sorted indices, returned in the order asked): memory is one batch, not the split."""
+
+    def __init__(self, path, split: str):
+        self.path, self._f = path, None
+        with reading(path) as f:
+            self.labels = f[split]["labels"][()].astype(np.int64)
+            self.shape = f[split]["images"].shape
+        self.split = split
+
+    def read(self, indices) -> np.ndarray:
+        if self._f is None:
+            self._f = h5py.File(self.path, "r")   # per process (and per worker): opened on first use
+        idx = np.asarray(indices, dtype=np.int64)
+        if len(idx) == 0:
+            return np.zeros((0,) + tuple(self.shape[1:]), np.uint8)
+        uniq, inv = np.unique(idx, return_inverse=True)
+        return self._f[self.split]["images"][uniq][inv]
+
+    def close(self) -> None:
+        if self._f is not None:
+            self._f.close()
+            self._f = None
 
 
 # -- probe sets -------------------------------------------------------------------------------

@@ -28,6 +28,7 @@ def parse(argv=None):
     p.add_argument("--params", required=True, help="config slice as JSON")
     p.add_argument("--files", default="{}", help="JSON {input: {...}, output: {...}, wildcards: {...}}")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--mem-mb", type=int, default=None, help="the job's memory request; data-holding stages fit it")
     p.add_argument("--log", help="write all output here; the console gets the result and errors only")
     return p.parse_args(argv)
 
@@ -61,7 +62,7 @@ def main(argv=None) -> int:
     runtime.configure(a.threads, uses_torch=STAGES[a.stage][2])
     files = json.loads(a.files)
     job = Job(a.stage, json.loads(a.params), files.get("input", {}), files.get("output", {}),
-              files.get("wildcards", {}), a.threads)
+              files.get("wildcards", {}), a.threads, a.mem_mb)
     t0 = time.time()
     try:
         text = run(job)

@@ -151,6 +151,21 @@ def check_ablation(config: dict) -> None:
                           f"(train.checkpoint_every={tr['checkpoint_every']}, train.epochs={tr['epochs']})")
 
 
+def rule_resources(config: dict, family: str, device=None) -> dict:
+    """A rule family's Snakemake resources from ``config["resources"]`` (its own entry over
+    "default"): memory (MB) and wall time (min) that grow with the attempt, so a job
+    retried after running out of memory or time asks for 2x, then 3x; one GPU when the
+    stage's device is cuda (CPU rules ask for none). SLURM's plugin turns these into --mem,
+    -t and --gpus."""
+    r = {**config["resources"]["default"], **config["resources"].get(family, {})}
+    mem, runtime = int(r["mem_mb"]), int(r["runtime"])
+    out = {"mem_mb": lambda wildcards, attempt: mem * attempt,
+           "runtime": lambda wildcards, attempt: runtime * attempt}
+    if device == "cuda":
+        out["gpu"] = 1
+    return out
+
+
 def dataset_slice(config: dict) -> dict:
     """Only the dataset keys that affect the chosen dataset (others may change freely)."""
     d = config["dataset"]

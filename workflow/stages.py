@@ -41,3 +41,4 @@ class Job:
     output: dict = field(default_factory=dict)
     wildcards: dict = field(default_factory=dict)
     threads: int = 1
+    mem_mb: int | None = None   # the job's memory request (None: not bounded)

@@ -17,6 +17,7 @@ from tqdm import tqdm
 
 from .. import artifacts
 from ..model import checkpoints
+from ..model.loader import prefetch
 from ..model.resnet import to_input
 from ..runtime import resolve_device
 from .projection import factory
@@ -83,14 +84,21 @@ def featurize(model_path, data_path, out_path, member: int, checkpoint: str, sha
     device = next(model.parameters()).device
     n_train = artifacts.base_info(data_path)["n_train"]
     idx = shard_indices(n_train, shard, tcfg["shards"])
-    images, labels = artifacts.base_split(data_path, "train", idx)
+    reader = artifacts.BaseReader(data_path, "train")   # one batch of images in memory at a time
     feats = np.zeros((len(idx), attrs["proj_dim"]), np.float32)
     otl = np.zeros(len(idx), np.float32)
     bs = tcfg["batch_size"]
-    for s in tqdm(range(0, len(idx), bs), desc=f"featurize m{member} {checkpoint} shard {shard}", mininterval=10):
-        x = to_input(images[s:s + bs]).to(device)
-        y = torch.as_tensor(labels[s:s + bs]).to(device)
+
+    def batches():
+        for s in range(0, len(idx), bs):
+            yield s, reader.read(idx[s:s + bs]), reader.labels[idx[s:s + bs]]
+
+    for s, images, labels in tqdm(prefetch(batches()), total=-(-len(idx) // bs),
+                                  desc=f"featurize m{member} {checkpoint} shard {shard}", mininterval=10):
+        x = to_input(images).to(device)
+        y = torch.as_tensor(labels).to(device)
         feats[s:s + bs], otl[s:s + bs] = train_features(model, grads, x, y, attrs["model_id"])
+    reader.close()
     artifacts.write_feature_shard(out_path, cfg, {**attrs, "shard": int(shard), "n_shards": int(tcfg["shards"]),
                                                   "n_train": int(n_train)}, idx, feats, otl)
     log.info("m%d %s shard %d/%d: %d images, proj %s(%d), mean out_to_loss %.4f", member, checkpoint, shard,

@@ -32,7 +32,22 @@ def load_base(cfg: dict) -> dict:
     raise ValueError(f"dataset.name: unknown dataset {name!r}")
 
 
-def build_base(cfg: dict, out_path) -> None:
+def build_base(cfg: dict, out_path, workers: int = 1) -> None:
+    """The base file. An ImageFolder tree is decoded by ``workers`` processes and written
+    block by block (memory bounded by the block, not the dataset); the in-memory
+    datasets (synthetic, CIFAR-10) are written whole."""
+    if cfg["dataset"]["name"] == "imagefolder":
+        d = cfg["dataset"]
+        files = imagefolder.split_files(d["root"], d["subset_fraction"], d["test_fraction"],
+                                        seeded_rng(cfg["seed"], "imagefolder-subset"))
+        splits = {split: (files[split][1], imagefolder.blocks(files[split][0], d["image_size"], workers,
+                                                              desc=f"{split} images"))
+                  for split in ("train", "test")}
+        stats = artifacts.write_base_blocks(out_path, cfg, files["class_names"], d["image_size"], splits)
+        for split in ("train", "test"):
+            log.info("%s: %d images, %d classes", split, len(files[split][1]), len(np.unique(files[split][1])))
+        log.info("pixel mean %s, std %s (streamed)", np.round(stats["pixel_mean"], 4), np.round(stats["pixel_std"], 4))
+        return
     data = load_base(cfg)
     x_train = data["train"][0]
     mean = x_train.reshape(-1, 3).mean(0) / 255.0
@@ -104,9 +119,10 @@ def build_probe_set(cfg: dict, concept: dict, base_path, out_path) -> None:
             labels = np.where(lab01 == 1, rng.choice(ids, n), rng.choice(others, n))
             images, _, _ = synthetic.generate(n, seed, f"probe/{concept['name']}",
                                               d["synthetic"]["planted_fraction"], d["image_size"], labels=labels)
-        else:
-            test_x, test_y = artifacts.base_split(base_path, "test")
-            images, lab01 = _balanced_from(test_x, np.isin(test_y, ids).astype(np.int64), n, rng)
+        else:   # from the test split; only the chosen images are read
+            idx, lab01 = _balanced_from(np.arange(len(test_labels)), np.isin(test_labels, ids).astype(np.int64), n,
+                                        rng)
+            images = artifacts.base_split(base_path, "test", idx)[0]
     elif kind == "folders":
         pos = imagefolder.list_images(concept["positives"])
         neg = imagefolder.list_images(concept["negatives"])
@@ -128,7 +144,7 @@ def build_probe_set(cfg: dict, concept: dict, base_path, out_path) -> None:
 
 
 def base_stage(job) -> None:
-    build_base(job.params, job.output["data"])
+    build_base(job.params, job.output["data"], workers=job.threads)
 
 
 def probe_set_stage(job) -> None:

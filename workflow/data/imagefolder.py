@@ -5,9 +5,15 @@ snakes are ids 52-68. ``subset_fraction`` draws a seeded, per-class stratified s
 the train split (ImageNet-10% with 0.1). Without a ``val`` folder, a seeded per-class
 ``test_fraction`` of the (subset) train images is held out as the test split.
 Images are resized (shorter side) and centre-cropped to ``image_size``.
+
+``load`` returns arrays (probe sets, tests). The base data stage uses ``split_files``
+and ``blocks`` instead: a pool of worker processes decodes blocks of images, at most a
+few blocks ahead of the writer, so memory is bounded by the block size, not the dataset.
 """
 from __future__ import annotations
 
+import multiprocessing as mp
+from collections import deque
 from pathlib import Path
 
 import numpy as np
@@ -52,6 +58,42 @@ def load_images(paths, size: int, desc: str) -> np.ndarray:
     return out
 
 
+def _decode_block(args) -> np.ndarray:
+    paths, size = args
+    out = np.empty((len(paths), size, size, 3), dtype=np.uint8)
+    for i, p in enumerate(paths):
+        out[i] = load_image(p, size)
+    return out
+
+
+def blocks(paths, size: int, workers: int = 1, block: int = 64, desc: str = "images"):
+    """Decoded images of ``paths`` in order, as uint8 blocks of at most ``block`` images.
+    With ``workers`` > 1 a process pool decodes them, at most 2 x workers blocks ahead."""
+    chunks = [(list(paths[s:s + block]), size) for s in range(0, len(paths), block)]
+    bar = tqdm(total=len(paths), desc=desc, mininterval=5)
+    if workers <= 1:
+        for c in chunks:
+            x = _decode_block(c)
+            bar.update(len(x))
+            yield x
+        bar.close()
+        return
+    with mp.get_context("fork").Pool(workers) as pool:
+        pending, todo = deque(), iter(chunks)
+        for c in todo:
+            pending.append(pool.apply_async(_decode_block, (c,)))
+            if len(pending) >= 2 * workers:
+                break
+        while pending:
+            x = pending.popleft().get()
+            nxt = next(todo, None)
+            if nxt is not None:
+                pending.append(pool.apply_async(_decode_block, (nxt,)))
+            bar.update(len(x))
+            yield x
+    bar.close()
+
+
 def scan(root) -> tuple:
     """(class names, {split: [(path, class_id), ...]}) for the train and (optional) val split."""
     from torchvision.datasets.folder import find_classes, make_dataset
@@ -76,6 +118,13 @@ def stratified_subset(labels: np.ndarray, fraction: float, rng: np.random.Genera
 
 def load(root, size: int, subset_fraction: float, test_fraction: float, rng: np.random.Generator):
     """Returns dict(train=(images, labels), test=(images, labels), class_names=[...])."""
+    files = split_files(root, subset_fraction, test_fraction, rng)
+    return {**{split: (load_images(files[split][0], size, f"{split} images"), files[split][1])
+               for split in ("train", "test")}, "class_names": files["class_names"]}
+
+
+def split_files(root, subset_fraction: float, test_fraction: float, rng: np.random.Generator) -> dict:
+    """dict(train=(paths, labels), test=(paths, labels), class_names=[...]), no decoding."""
     classes, splits = scan(root)
     tr = splits["train"]
     labels = np.array([c for _, c in tr], dtype=np.int64)
@@ -89,6 +138,6 @@ def load(root, size: int, subset_fraction: float, test_fraction: float, rng: np.
         te = [tr[i] for i in keep[mask]]
         keep = keep[~mask]
     tr = [tr[i] for i in keep]
-    return {"train": (load_images([p for p, _ in tr], size, "train images"), np.array([c for _, c in tr], np.int64)),
-            "test": (load_images([p for p, _ in te], size, "test images"), np.array([c for _, c in te], np.int64)),
+    return {"train": ([p for p, _ in tr], np.array([c for _, c in tr], np.int64)),
+            "test": ([p for p, _ in te], np.array([c for _, c in te], np.int64)),
             "class_names": classes}

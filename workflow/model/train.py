@@ -21,6 +21,7 @@ from .. import artifacts
 from ..runtime import resolve_device
 from ..seeding import derive_seed, seed_everything
 from . import checkpoints
+from .loader import ImageSource, prefetch
 from .resnet import build, to_input
 
 log = logging.getLogger(__name__)
@@ -56,15 +57,21 @@ def augment(x: torch.Tensor, ox: torch.Tensor, oy: torch.Tensor, flip, shift: in
 
 
 @torch.no_grad()
-def predictions(model, images, device, batch_size=512) -> np.ndarray:
+def predictions(model, source, device, batch_size=512):
+    """(predicted class, label) of every image of an ``ImageSource``, in index order."""
     model.eval()
-    out = [model(to_input(images[s:s + batch_size]).to(device)).argmax(1).cpu().numpy()
-           for s in range(0, len(images), batch_size)]
-    return np.concatenate(out) if out else np.zeros(0, np.int64)
+    pred, labels = [], []
+    for x, y in prefetch(source.in_order(batch_size)):
+        pred.append(model(to_input(torch.from_numpy(x).to(device))).argmax(1).cpu().numpy())
+        labels.append(y)
+    if not pred:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    return np.concatenate(pred), np.concatenate(labels)
 
 
-def accuracy(model, images, labels, device, batch_size=512) -> float:
-    return float((predictions(model, images, device, batch_size) == labels).mean()) if len(labels) else 0.0
+def accuracy(model, source, device, batch_size=512) -> float:
+    pred, labels = predictions(model, source, device, batch_size)
+    return float((pred == labels).mean()) if len(labels) else 0.0
 
 
 def make_model(info: dict, model_cfg: dict):
@@ -80,7 +87,7 @@ def spawn_schedule(epochs: int, spawn_epoch: int, steps_base: int, steps_twin: i
     return spawn_epoch * steps_base + (epochs - spawn_epoch) * steps_twin, spawn_epoch * steps_base
 
 
-def train_member(data_path, out_path, member: int, cfg: dict, train_indices=None, spawn=None) -> dict:
+def train_member(data_path, out_path, member: int, cfg: dict, train_indices=None, spawn=None, mem_mb=None) -> dict:
     """Train ensemble member ``member`` with the recipe ``cfg`` (keys: seed, model, train).
 
     ``train_indices`` (sorted base indices) restricts training to a subset of the train
@@ -88,7 +95,11 @@ def train_member(data_path, out_path, member: int, cfg: dict, train_indices=None
     ``spawn`` = (base model file, epoch E): start from the base member's weights and
     optimizer state after epoch E instead of from scratch (``ablation.spawn_epoch``); the
     draws of epochs 1..E are replayed so epochs E+1.. see the base run's stream.
-    Returns the metrics stored with the checkpoint.
+    ``mem_mb``: the job's memory; the kept images are held in RAM only when they fit
+    (``loader.ImageSource``), else read batch by batch. On CUDA, batches are pinned and
+    copied asynchronously, then converted and augmented on the device; the model runs
+    channels_last with cuDNN autotuning, under bf16 autocast when ``train.precision`` is
+    bf16. Returns the metrics stored with the checkpoint.
     """
     tcfg, seed = cfg["train"], derive_seed(cfg["seed"], "member", member)
     seed_everything(seed)
@@ -100,15 +111,18 @@ def train_member(data_path, out_path, member: int, cfg: dict, train_indices=None
         raise ValueError(f"train_indices must be sorted, unique base indices in 0..{n_base - 1}")
     kept = np.zeros(n_base, bool)
     kept[keep] = True
-    row_of = np.full(n_base, -1, np.int64)     # base index -> row of the loaded images
-    row_of[keep] = np.arange(len(keep))
-    x_train, y_train = artifacts.base_split(data_path, "train", keep)
-    x_test, y_test = artifacts.base_split(data_path, "test")
+    train_src = ImageSource(data_path, "train", keep, mem_mb)
+    test_src = ImageSource(data_path, "test", None, mem_mb)
+    cuda = device.type == "cuda"
     model = make_model(info, cfg["model"]).to(device)
+    if cuda:
+        torch.backends.cudnn.benchmark = True
+        model = model.to(memory_format=torch.channels_last)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda and tcfg["precision"] == "bf16")
     opt = torch.optim.SGD(model.parameters(), lr=tcfg["lr"], momentum=tcfg["momentum"],
                           weight_decay=tcfg["weight_decay"], nesterov=True)
     epochs, bs = tcfg["epochs"], tcfg["batch_size"]
-    steps_per_epoch = max(1, int(np.ceil(len(y_train) / bs)))
+    steps_per_epoch = max(1, int(np.ceil(len(train_src) / bs)))
     start, total_steps, done_steps = 0, epochs * steps_per_epoch, 0
     if spawn is not None:
         start = int(spawn[1])
@@ -123,36 +137,49 @@ def train_member(data_path, out_path, member: int, cfg: dict, train_indices=None
             epoch_draws(gen, n_base, shift)
     every = tcfg["checkpoint_every"]
     saved, momentum = {}, {}
-    log.info("member %d: %d train images, epochs %d..%d, device %s, %d threads",
-             member, len(y_train), start + 1, epochs, device, torch.get_num_threads())
+    log.info("member %d: %d train images (%s), epochs %d..%d, device %s, %d threads", member, len(train_src),
+             "held in RAM" if train_src.held else "read per batch", start + 1, epochs, device,
+             torch.get_num_threads())
+
+    def batches(order):
+        for s in range(0, len(order), bs):
+            base_idx = order[s:s + bs]
+            xb, yb = train_src.batch(base_idx.numpy())
+            x, y = torch.from_numpy(xb), torch.from_numpy(yb)
+            yield base_idx, (x.pin_memory() if cuda else x), (y.pin_memory() if cuda else y)
+
     for epoch in range(start + 1, epochs + 1):
         model.train()
         t0, total, n = time.time(), torch.zeros((), device=device), 0
         order, ox, oy, flip = epoch_draws(gen, n_base, shift)
         order = kept_order(order, kept)
-        for s in range(0, len(order), bs):
-            base_idx = order[s:s + bs]
-            rows = row_of[base_idx.numpy()]
-            x = augment(to_input(x_train[rows]).to(device), ox[base_idx], oy[base_idx],
+        for base_idx, x, y in prefetch(batches(order)):
+            x = augment(to_input(x.to(device, non_blocking=True)), ox[base_idx], oy[base_idx],
                         flip[base_idx] if flips else None, shift)
-            y = torch.as_tensor(y_train[rows]).to(device)
-            loss = F.cross_entropy(model(x), y)
+            if cuda:
+                x = x.contiguous(memory_format=torch.channels_last)
+            y = y.to(device, non_blocking=True)
+            with autocast:
+                loss = F.cross_entropy(model(x), y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             sched.step()
-            total += loss.detach() * len(rows)
-            n += len(rows)
+            total += loss.detach().float() * len(y)
+            n += len(y)
         total = float(total) / n                   # one sync per epoch
         log.info("member %d epoch %d/%d loss %.4f (%.1fs)", member, epoch, epochs, total, time.time() - t0)
         if every and epoch % every == 0 and epoch != epochs:
             saved[epoch] = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
             momentum[epoch] = {k: opt.state[p]["momentum_buffer"].detach().cpu().clone()
                                for k, p in model.named_parameters() if "momentum_buffer" in opt.state[p]}
-    test_correct = predictions(model, x_test, device) == y_test
-    metrics = {"train_acc": accuracy(model, x_train, y_train, device),
+    pred, y_test = predictions(model, test_src, device, bs)   # eval batches as large as training ones
+    test_correct = pred == y_test
+    metrics = {"train_acc": accuracy(model, train_src, device, bs),
                "test_acc": float(test_correct.mean()) if len(y_test) else 0.0,
-               "final_loss": total, "n_train": int(len(y_train)), "seed": int(seed)}
+               "final_loss": total, "n_train": int(len(train_src)), "seed": int(seed)}
+    train_src.close()
+    test_src.close()
     log.info("member %d: train acc %.4f, test acc %.4f", member, metrics["train_acc"], metrics["test_acc"])
     checkpoints.save(out_path, model, saved, metrics, cfg, arrays={"test_correct": test_correct}, momentum=momentum)
     return metrics
@@ -177,4 +204,4 @@ def train_stage(job) -> None:
     keep = artifacts.ablation(job.input["ablation"])["keep"] if "ablation" in job.input else None
     spawn = (job.input["spawn"], job.params["spawn_epoch"]) if "spawn" in job.input else None
     train_member(job.input["data"], job.output["model"], int(job.wildcards["member"]), job.params,
-                 train_indices=keep, spawn=spawn)
+                 train_indices=keep, spawn=spawn, mem_mb=job.mem_mb)
