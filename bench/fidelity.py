@@ -96,16 +96,16 @@ def scores_with(d: Path, projector: str, proj_dim: int, layer_dim, members: int,
     tag = f"{projector}_{proj_dim}_{layer_dim}"
     feats = {}
     for m in range(members):
+        shards = {ck: d / f"feat_{tag}_{m}_{ck}_0.h5" for ck in ckpts}
+        trak_features.featurize(d / f"m{m}.h5", d / "base.h5", shards, m, 0, cfg)
         for ck in ckpts:
-            shard = d / f"feat_{tag}_{m}_{ck}_0.h5"
-            trak_features.featurize(d / f"m{m}.h5", d / "base.h5", shard, m, ck, 0, cfg)
             feats[(m, ck)] = d / f"feat_{tag}_{m}_{ck}.h5"
-            trak_features.gather([shard], feats[(m, ck)], cfg)
+            trak_features.gather([shards[ck]], feats[(m, ck)], cfg)
     out = {}
-    for name, layer in locations.items():
+    for name, layer in locations.items():   # each concept at its own location
         path, js = d / f"scores_{tag}_{name}.h5", d / f"scores_{tag}_{name}.json"
-        trak_scores.score(name, layer, d / f"probe_{name}.h5", d / f"probes_{name}.h5",
-                          {m: d / f"m{m}.h5" for m in range(members)}, feats, path, js, cfg)
+        trak_scores.score({name: (d / f"probe_{name}.h5", d / f"probes_{name}.h5")}, [layer],
+                          {m: d / f"m{m}.h5" for m in range(members)}, feats, {name: {layer: (path, js)}}, cfg)
         out[name] = {"per_target": artifacts.per_target_scores(path)[0],
                      "enrichment": artifacts.read_json(js)["enrichment"]}
     return out

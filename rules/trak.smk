@@ -1,75 +1,82 @@
-# Stages 5-6: TRAK features of the training set (sharded), gathered per model checkpoint,
-# then scores whose target is each concept probe at each layer, and a first-look report.
+# Stages 5-6: TRAK features of the training set, one job per (member, shard) covering every
+# checkpoint (the images are read once for all of them), gathered per member; then one
+# score job per condition: each model's features are read once for every (concept, layer)
+# target, whose probe is each concept probe at each layer; and a first-look report.
 
 SHARD = f"{RESULTS}/{{condition}}/trak/features/m{{member}}/{{ckpt}}/shard{{shard}}.h5"
 FEATURES = f"{RESULTS}/{{condition}}/trak/features/m{{member}}_{{ckpt}}.h5"
 SCORES = f"{RESULTS}/{{condition}}/trak/scores/{{concept}}/{{layer}}.h5"
 ENRICHMENT = f"{RESULTS}/{{condition}}/trak/scores/{{concept}}/{{layer}}.json"
+
 FEATURIZE_INPUTS = {"model": MODEL, "data": BASE}
+FEATURIZE_OUTPUTS = {"shards": keyed(SHARD, ckpt=TRAK_CKPTS)}
 
 
 rule featurize:
     input:
         unpack(inputs(FEATURIZE_INPUTS)),
     output:
-        shard=SHARD,
+        **flat(FEATURIZE_OUTPUTS),
     params:
         cfg=lambda w: as_json(trak_params(*FEATURIZE_KEYS)),
-        files=stage_files(FEATURIZE_INPUTS, {"shard": SHARD}),
+        files=stage_files(FEATURIZE_INPUTS, FEATURIZE_OUTPUTS),
         code=code_digest("featurize"),
     threads: config["threads"]["trak"]
     resources:
         **rule_resources("featurize", device=config["trak"]["device"]),
     log:
-        f"{LOGS}/{{condition}}/featurize/m{{member}}_{{ckpt}}_shard{{shard}}.log",
+        f"{LOGS}/{{condition}}/featurize/m{{member}}_shard{{shard}}.log",
     conda:
         "../envs/torch.yaml"
     shell:
         stage_cmd("featurize")
 
 
-GATHER_INPUTS = {"shards": keyed(SHARD, shard=SHARDS)}
+GATHER_INPUTS = {"shards": keyed(SHARD, ckpt=TRAK_CKPTS, shard=SHARDS)}
+GATHER_OUTPUTS = {"features": keyed(FEATURES, ckpt=TRAK_CKPTS)}
 
 
 rule gather_features:
     input:
         unpack(inputs(GATHER_INPUTS)),
     output:
-        features=FEATURES,
+        **flat(GATHER_OUTPUTS),
     params:
         cfg=lambda w: as_json(trak_params(*FEATURIZE_KEYS, "lambda_reg")),
-        files=stage_files(GATHER_INPUTS, {"features": FEATURES}),
+        files=stage_files(GATHER_INPUTS, GATHER_OUTPUTS),
         code=code_digest("gather"),
     resources:
         **rule_resources("gather"),
     log:
-        f"{LOGS}/{{condition}}/gather/m{{member}}_{{ckpt}}.log",
+        f"{LOGS}/{{condition}}/gather/m{{member}}.log",
     conda:
         "../envs/torch.yaml"
     shell:
         stage_cmd("gather")
 
 
-SCORE_INPUTS = {"probe_set": PROBE_SET, "probes": PROBES, "models": keyed(MODEL, member=MEMBERS),
+SCORE_INPUTS = {"probe_sets": keyed(PROBE_SET, concept=CONCEPTS), "probes": keyed(PROBES, concept=CONCEPTS),
+                "models": keyed(MODEL, member=MEMBERS),
                 "features": keyed(FEATURES, member=MEMBERS, ckpt=TRAK_CKPTS)}
-SCORE_OUTPUTS = {"scores": SCORES, "enrichment": ENRICHMENT}
+SCORE_OUTPUTS = {"scores": keyed(SCORES, concept=CONCEPTS, layer=LAYERS),
+                 "enrichment": keyed(ENRICHMENT, concept=CONCEPTS, layer=LAYERS)}
 
 
 rule score:
     input:
         unpack(inputs(SCORE_INPUTS)),
     output:
-        **SCORE_OUTPUTS,
+        **flat(SCORE_OUTPUTS),
     params:
         cfg=lambda w: as_json({**trak_params(*FEATURIZE_KEYS, "lambda_reg", "max_targets", "top_fraction"),
-                               "members": MEMBERS}),
+                               "members": MEMBERS, "layers": LAYERS}),
         files=stage_files(SCORE_INPUTS, SCORE_OUTPUTS),
         code=code_digest("score"),
     threads: config["threads"]["trak"]
     resources:
         **rule_resources("score", device=config["trak"]["device"]),
     log:
-        f"{LOGS}/{{condition}}/score/{{concept}}_{{layer}}.log",
+        f"{LOGS}/{{condition}}/score.log",
     conda:
         "../envs/torch.yaml"
     shell:

@@ -164,6 +164,31 @@ def test_spawned_twin_resumes_the_base_run_bit_for_bit(tmp_path):
     assert train.spawn_schedule(12, 6, 16, 15) == (6 * 16 + 6 * 15, 96)
 
 
+def test_imagenet_recipe_options_no_decay_on_norms_and_label_smoothing(tmp_path):
+    """train.decay_norms false keeps BatchNorm weights/biases and biases out of weight decay;
+    label smoothing changes the run; both at their defaults leave it as before."""
+    net = ScalableResNet18(10, width=2, image_size=32)
+    groups = train.parameter_groups(net, 5e-4, decay_norms=False)
+    assert [g["weight_decay"] for g in groups] == [5e-4, 0.0]
+    norms = {id(p) for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d) for p in m.parameters()}
+    no_decay = {id(p) for p in groups[1]["params"]}
+    assert norms < no_decay and id(net.fc.bias) in no_decay                    # every norm, and the biases
+    assert all(p.ndim in (2, 4) for p in groups[0]["params"])                  # conv and linear weights only
+    assert sum(len(g["params"]) for g in groups) == len(list(net.parameters()))
+    assert train.parameter_groups(net, 5e-4) == list(net.parameters())          # default: every parameter
+
+    tcfg = tiny_base(tmp_path)
+    runs = {}
+    for name, extra in {"default": {}, "explicit": {"decay_norms": True, "label_smoothing": 0.0},
+                        "no_norm_decay": {"decay_norms": False}, "smoothed": {"label_smoothing": 0.1}}.items():
+        cfg = {**tcfg, "train": {**tcfg["train"], "weight_decay": 0.05, **extra}}
+        train.train_member(tmp_path / "base.h5", tmp_path / f"{name}.h5", 0, cfg)
+        runs[name] = artifacts.model_state(tmp_path / f"{name}.h5")[1]
+    same = lambda a, b: all(np.array_equal(runs[a][k], runs[b][k]) for k in runs[a])  # noqa: E731
+    assert same("default", "explicit")
+    assert not same("default", "no_norm_decay") and not same("default", "smoothed")
+
+
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_training_on_cuda_learns_like_cpu(tmp_path):

@@ -64,9 +64,10 @@ def test_imagenet_preset_dry_run_asks_gpus_for_gpu_rules_only(tmp_path):
     assert os.cpu_count() < preset["threads"]["train"]
     threads = re.findall(r"^rule train:\n(?:    .*\n)*?    threads: (\d+)", proc.stdout, re.M)
     assert threads and set(threads) == {str(preset["threads"]["train"])}, threads
-    # sharded featurization: one job per (member, checkpoint, shard)
+    # sharded featurization: one job per (member, shard), covering every checkpoint; one score job
     t = preset["trak"]
-    assert len(res["featurize"]) == preset["ensemble"]["size"] * len(t["checkpoints"]) * t["shards"]
+    assert len(res["featurize"]) == preset["ensemble"]["size"] * t["shards"]
+    assert len(res["gather_features"]) == preset["ensemble"]["size"] and len(res["score"]) == 1
 
 
 def test_memory_and_wall_time_grow_with_the_attempt():

@@ -96,7 +96,7 @@ def featurize_all(d, n_shards, tag, proj_seed_of_shard=None):
         seed = (proj_seed_of_shard or {}).get(s, 0)
         cfg = {"seed": 0, "trak": {**TCFG, "shards": n_shards, "proj_seed": seed}}
         p = d / f"{tag}_shard{s}.h5"
-        trak_features.featurize(d / "m0.h5", d / "base.h5", p, 0, "final", s, cfg)
+        trak_features.featurize(d / "m0.h5", d / "base.h5", {"final": p}, 0, s, cfg)
         paths.append(p)
     return paths
 
@@ -163,6 +163,47 @@ def test_sparse_projector_preserves_squared_norms_in_expectation():
     assert ratios.std().item() < 0.06  # about sqrt(2 / proj_dim)
 
 
+def test_sparse_projector_csr_product_equals_the_scatter_adds():
+    """The GPU's default way (the map as per-part CSR matrices) applies exactly the map the
+    CPU's scatter-adds apply, including coordinates hashed twice to one bucket."""
+    parts = [torch.randn(6, 3000), torch.randn(6, 17), torch.randn(6, 40000)]
+    csr = SparseJLProjector(43017, 64, 2, method="csr")
+    scatter = SparseJLProjector(43017, 64, 2, method="scatter")
+    assert SparseJLProjector(10, 4, 0).method == "scatter"          # auto on the CPU
+    a, b = scatter.project_parts(parts, 3), csr.project_parts(parts, 3)
+    torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5 * a.abs().max().item())
+    torch.testing.assert_close(csr.project(torch.cat(parts, 1), 3), a, rtol=1e-5, atol=1e-5 * a.abs().max().item())
+    assert not torch.allclose(csr.project_parts(parts, 4), b)       # a new model id: a new map
+    with pytest.raises(ValueError, match="method"):
+        SparseJLProjector(10, 4, 0, method="dense")
+
+
+def test_scoring_every_target_set_in_one_pass_equals_one_set_at_a_time():
+    """``Ensemble`` with several target sets gives each set the bytes ``combine`` gives it alone."""
+    r = np.random.default_rng(1)
+    models = [(r.normal(size=(50, 8)).astype(np.float32), {k: r.normal(size=(3 + k, 8)).astype(np.float32)
+                                                           for k in range(3)}, r.random(50).astype(np.float32))
+              for _ in range(3)]
+    ens = trak_scores.Ensemble()
+    for x, g, o in models:
+        ens.add(x, g, o)
+    for k in range(3):
+        alone = trak_scores.combine((x, g[k], o) for x, g, o in models)
+        assert np.array_equal(ens.scores(k), alone) and alone.shape == (3 + k, 50)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_scores_on_cuda_match_the_cpu():
+    r = np.random.default_rng(2)
+    models = [(r.normal(size=(200, 16)), {0: r.normal(size=(5, 16))}, r.random(200)) for _ in range(2)]
+    cpu, gpu = trak_scores.Ensemble(), trak_scores.Ensemble("cuda")
+    for x, g, o in models:
+        cpu.add(x, g, o)
+        gpu.add(x, g, o)
+    np.testing.assert_allclose(gpu.scores(0), cpu.scores(0), rtol=1e-10, atol=1e-12)
+
+
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_sparse_projector_cpu_and_gpu_agree():
@@ -180,7 +221,8 @@ def test_featurize_on_cuda_matches_cpu(tiny_model, projector):
     out = {}
     for device in ("cpu", "cuda"):
         cfg = {"seed": 0, "trak": {**TCFG, "projector": projector, "device": device, "shards": 1}}
-        trak_features.featurize(d / "m0.h5", d / "base.h5", d / f"gpu_{projector}_{device}.h5", 0, "final", 0, cfg)
+        trak_features.featurize(d / "m0.h5", d / "base.h5", {"final": d / f"gpu_{projector}_{device}.h5"}, 0, 0,
+                                cfg)
         with h5py.File(d / f"gpu_{projector}_{device}.h5") as f:
             out[device] = (f["grads"][()], f["out_to_loss"][()], f.attrs["device_type"])
     assert out["cuda"][2] == "cuda"

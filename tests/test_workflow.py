@@ -18,7 +18,6 @@ CONCEPTS = [c["name"] for c in TINY["concepts"]]
 MEMBERS = range(TINY["ensemble"]["size"])
 LAYERS = TINY["layers"]
 N_CKPT, N_SHARDS = len(TINY["trak"]["checkpoints"]), TINY["trak"]["shards"]
-N_SCORE = len(CONCEPTS) * len(LAYERS)
 CONDITIONS = ["top-hilo", "bottom-hilo", "random", "oracle-hilo"]  # tiny.yaml ablates hilo only
 N_COND = 1 + len(CONDITIONS)
 
@@ -116,19 +115,19 @@ def plus(*dicts):
     return out
 
 
-TRAK = {"featurize": N * N_CKPT * N_SHARDS, "gather_features": N * N_CKPT, "score": N_SCORE, "trak_report": 1}
+TRAK = {"featurize": N * N_SHARDS, "gather_features": N, "score": 1, "trak_report": 1}
 EDITS = {
     # probes move the location, so the top-k set is rebuilt and its condition retrained
     "probe edit: probes everywhere, the top-k condition, not other training": (
         ("probes", "sparsity_threshold", 0.9),
-        plus({"probes": C * N_COND, "summarize": N_COND, "score": N_SCORE, "trak_report": 1, "ablate": 2},
+        plus({"probes": C * N_COND, "summarize": N_COND, "score": 1, "trak_report": 1, "ablate": 2},
              retrain(2), {"probes": -2 * C, "summarize": -2}, REPORT, VALIDATE)),
     "training edit: every condition and TRAK, not data or the random/oracle sets": (
         ("train", "epochs", 3),
         plus(retrain(N_COND), TRAK, {"ablate": 2}, REPORT, VALIDATE)),
     "TRAK target edit: scoring and the top-k and bottom-k conditions": (
         ("trak", "max_targets", 5),
-        plus({"score": N_SCORE, "trak_report": 1, "ablate": 2}, retrain(2), REPORT, VALIDATE)),
+        plus({"score": 1, "trak_report": 1, "ablate": 2}, retrain(2), REPORT, VALIDATE)),
     "projector edit: features, scores and the top-k and bottom-k conditions": (
         ("trak", "layer_dim", 4096), plus(TRAK, {"ablate": 2}, retrain(2), REPORT, VALIDATE)),
     "ablation size: the top-k, bottom-k and random conditions, not the oracle": (

@@ -78,31 +78,37 @@ def train_features(model, grads, x, y, model_id: int):
     return g.float().cpu().numpy(), torch.sigmoid(-margins).float().cpu().numpy().ravel()
 
 
-def featurize(model_path, data_path, out_path, member: int, checkpoint: str, shard: int, cfg: dict) -> None:
+def featurize(model_path, data_path, out_paths: dict, member: int, shard: int, cfg: dict) -> None:
+    """Features of one shard of the training set for every checkpoint in ``out_paths``
+    ({checkpoint: shard file}): each batch of images is read once and run through every
+    checkpoint's model, so a job's work grows with its checkpoints, not its reads."""
     tcfg = cfg["trak"]
-    model, grads, attrs = setup(model_path, checkpoint, member, tcfg)
-    device = next(model.parameters()).device
+    setups = {ckpt: setup(model_path, ckpt, member, tcfg) for ckpt in out_paths}
+    device = next(next(iter(setups.values()))[0].parameters()).device
     n_train = artifacts.base_info(data_path)["n_train"]
     idx = shard_indices(n_train, shard, tcfg["shards"])
     reader = artifacts.BaseReader(data_path, "train")   # one batch of images in memory at a time
-    feats = np.zeros((len(idx), attrs["proj_dim"]), np.float32)
-    otl = np.zeros(len(idx), np.float32)
+    feats = {c: np.zeros((len(idx), a["proj_dim"]), np.float32) for c, (_, _, a) in setups.items()}
+    otl = {c: np.zeros(len(idx), np.float32) for c in setups}
     bs = tcfg["batch_size"]
 
     def batches():
         for s in range(0, len(idx), bs):
             yield s, reader.read(idx[s:s + bs]), reader.labels[idx[s:s + bs]]
 
-    for s, images, labels in tqdm(prefetch(batches()), total=-(-len(idx) // bs),
-                                  desc=f"featurize m{member} {checkpoint} shard {shard}", mininterval=10):
+    for s, images, labels in tqdm(prefetch(batches()), total=-(-len(idx) // bs), mininterval=10,
+                                  desc=f"featurize m{member} shard {shard} ({len(setups)} checkpoints)"):
         x = to_input(images).to(device)
         y = torch.as_tensor(labels).to(device)
-        feats[s:s + bs], otl[s:s + bs] = train_features(model, grads, x, y, attrs["model_id"])
+        for ckpt, (model, grads, attrs) in setups.items():
+            feats[ckpt][s:s + bs], otl[ckpt][s:s + bs] = train_features(model, grads, x, y, attrs["model_id"])
     reader.close()
-    artifacts.write_feature_shard(out_path, cfg, {**attrs, "shard": int(shard), "n_shards": int(tcfg["shards"]),
-                                                  "n_train": int(n_train)}, idx, feats, otl)
-    log.info("m%d %s shard %d/%d: %d images, proj %s(%d), mean out_to_loss %.4f", member, checkpoint, shard,
-             tcfg["shards"], len(idx), attrs["projector"], attrs["proj_dim"], float(otl.mean()))
+    for ckpt, (_, _, attrs) in setups.items():
+        artifacts.write_feature_shard(out_paths[ckpt], cfg, {**attrs, "shard": int(shard),
+                                                             "n_shards": int(tcfg["shards"]),
+                                                             "n_train": int(n_train)}, idx, feats[ckpt], otl[ckpt])
+        log.info("m%d %s shard %d/%d: %d images, proj %s(%d), mean out_to_loss %.4f", member, ckpt, shard,
+                 tcfg["shards"], len(idx), attrs["projector"], attrs["proj_dim"], float(otl[ckpt].mean()))
 
 
 def x_xtx_inv(grads: np.ndarray, lambda_reg: float = 0.0):
@@ -151,11 +157,13 @@ def gather(shard_paths, out_path, cfg: dict) -> None:
 
 
 def featurize_stage(job) -> None:
+    """``output``: shards {checkpoint: file} of this (member, shard)."""
     w = job.wildcards
-    featurize(job.input["model"], job.input["data"], job.output["shard"], int(w["member"]), w["ckpt"],
-              int(w["shard"]), job.params)
+    featurize(job.input["model"], job.input["data"], job.output["shards"], int(w["member"]), int(w["shard"]),
+              job.params)
 
 
 def gather_stage(job) -> None:
-    shards = job.input["shards"]
-    gather([shards[k] for k in sorted(shards, key=int)], job.output["features"], job.params)
+    """``input``: shards {checkpoint: {shard: file}}; ``output``: features {checkpoint: file}."""
+    for ckpt, shards in job.input["shards"].items():
+        gather([shards[k] for k in sorted(shards, key=int)], job.output["features"][ckpt], job.params)

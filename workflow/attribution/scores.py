@@ -10,7 +10,10 @@ training features. Models combine as traker's ``finalize_scores`` does:
 
     scores[i, t] = mean_m( X_m (X_m^T X_m)^-1 g_m(t) )[i] * mean_m(out_to_loss_m[i])
 
-The concept score of training image i is the mean over targets.
+The concept score of training image i is the mean over targets. One job scores every
+(concept, layer) of a condition: each model checkpoint is loaded, and its features read,
+once for all of them (``Ensemble`` keeps one running sum per target set). On CUDA
+(``trak.device``) the products run on the GPU in float64; on the CPU in numpy, as before.
 """
 from __future__ import annotations
 
@@ -24,6 +27,7 @@ from tqdm import tqdm
 from .. import artifacts
 from ..model.resnet import to_input
 from ..probing.probe_function import ProbeOutput
+from ..runtime import resolve_device
 from ..seeding import rng as seeded_rng
 from .features import setup
 
@@ -55,20 +59,49 @@ def probe_gradients(model, grads, probe: dict, layer: str, images, model_id: int
     return target_gradients(model, grads, fn, images, model_id, batch_size)
 
 
+class Ensemble:
+    """TRAK's ensemble rule, one model at a time: ``add(x_xtx_inv_m [n,k], {key: g_m [T,k]},
+    out_to_loss_m [n])`` per model m, then ``scores(key)`` -> [T, n] =
+    (mean_m X_m(X_m^T X_m)^-1 g_m) * mean_m out_to_loss_m. Only the running sums
+    ([n, T] per key) are held, never a second model's features. ``device`` cuda: the
+    products run there (float64); else numpy float64."""
+
+    def __init__(self, device=None):
+        self.device = torch.device(device) if device is not None else None
+        self.cuda = self.device is not None and self.device.type == "cuda"
+        self.acc, self.otl, self.n = {}, None, 0
+
+    def add(self, x, grads: dict, out_to_loss) -> None:
+        if self.cuda:
+            x = torch.as_tensor(np.asarray(x)).to(self.device, torch.float64)
+        else:
+            x = np.asarray(x, np.float64)
+        for key, g in grads.items():
+            if self.cuda:
+                kernel = x @ torch.as_tensor(np.asarray(g)).to(self.device, torch.float64).T
+            else:
+                kernel = x @ np.asarray(g, np.float64).T
+            self.acc[key] = kernel if key not in self.acc else self.acc[key] + kernel
+        self.otl = np.asarray(out_to_loss, np.float64) if self.otl is None else self.otl + out_to_loss
+        self.n += 1
+
+    def scores(self, key) -> np.ndarray:
+        acc = self.acc[key]
+        if self.cuda:
+            acc = acc.cpu().numpy()
+        return ((acc / self.n) * (self.otl / self.n)[:, None]).T
+
+
 def combine(parts) -> np.ndarray:
     """TRAK's ensemble rule over models m: parts = [(x_xtx_inv_m [n,k], target_grads_m [T,k],
-    out_to_loss_m [n]), ...] -> scores [T, n] = (mean_m X_m(X_m^T X_m)^-1 g_m) * mean_m out_to_loss_m.
+    out_to_loss_m [n]), ...] -> scores [T, n] (``Ensemble`` with one target set).
 
     ``parts`` may be a generator: one model's features are held in memory at a time.
     """
-    acc = otl = None
-    n = 0
+    ens = Ensemble()
     for x, g, o in parts:
-        kernel = np.asarray(x, np.float64) @ np.asarray(g, np.float64).T
-        acc = kernel if acc is None else acc + kernel
-        otl = np.asarray(o, np.float64) if otl is None else otl + o
-        n += 1
-    return ((acc / n) * (otl / n)[:, None]).T
+        ens.add(x, {0: g}, o)
+    return ens.scores(0)
 
 
 def enrichment(scores: np.ndarray, truth: np.ndarray, fraction: float, seed: int, hardness=None) -> dict:
@@ -92,51 +125,73 @@ def enrichment(scores: np.ndarray, truth: np.ndarray, fraction: float, seed: int
     return out
 
 
-def score(concept: str, layer: str, probe_set_path, probes_path, models: dict, features: dict,
-          out_path, json_path, cfg: dict) -> dict:
-    """``models``: {member: model file}; ``features``: {(member, checkpoint): gathered features}."""
-    tcfg = cfg["trak"]
-    tidx = target_indices(probe_set_path, tcfg["max_targets"], cfg["seed"], concept)
+def concept_targets(probe_set_path, concept: str, tcfg: dict, seed: int):
+    """(target indices, negative indices, their images stacked: targets first) of one concept."""
+    tidx = target_indices(probe_set_path, tcfg["max_targets"], seed, concept)
     if len(tidx) == 0:
         raise ValueError(f"{probe_set_path}: concept {concept!r} has no held-out positives to use as TRAK targets")
-    nidx = target_indices(probe_set_path, tcfg["max_targets"], cfg["seed"], concept, label=0)
+    nidx = target_indices(probe_set_path, tcfg["max_targets"], seed, concept, label=0)
     # targets and negatives in one pass; the negatives' scores predict the change off the concept
-    timages = np.concatenate([artifacts.probe_set_images(probe_set_path, tidx),
-                              artifacts.probe_set_images(probe_set_path, nidx)])
+    images = np.concatenate([artifacts.probe_set_images(probe_set_path, tidx),
+                             artifacts.probe_set_images(probe_set_path, nidx)])
+    return tidx, nidx, images
 
-    hardness = []
 
-    def parts():
-        for (member, ckpt) in tqdm(sorted(features), desc=f"score {concept}/{layer}"):
-            model, grads, attrs = setup(models[member], ckpt, member, tcfg)
-            feats = artifacts.features(features[(member, ckpt)])
-            for key, value in attrs.items():  # same projector, device, seed, model, checkpoint
-                if feats["attrs"][key] != value:
-                    raise ValueError(f"{features[(member, ckpt)]}: features were made with {key}="
-                                     f"{feats['attrs'][key]!r} but scoring would use {value!r}; rerun featurize "
-                                     f"with the same trak settings")
-            probe = artifacts.probe(probes_path, member, layer)
-            g = probe_gradients(model, grads, probe, layer, timages, attrs["model_id"], tcfg["batch_size"])
-            hardness.append(feats["out_to_loss"])
-            yield feats["x_xtx_inv"], g, feats["out_to_loss"]
+def check_features(path, feats: dict, attrs: dict) -> None:
+    for key, value in attrs.items():  # same projector, device, seed, model, checkpoint
+        if feats["attrs"][key] != value:
+            raise ValueError(f"{path}: features were made with {key}={feats['attrs'][key]!r} but scoring would "
+                             f"use {value!r}; rerun featurize with the same trak settings")
 
-    both = combine(parts()).astype(np.float32)   # [targets + negatives, n_train]
-    per_target, per_negative = both[:len(tidx)], both[len(tidx):]
-    result = {"concept": concept, "layer": layer, "n_targets": int(len(tidx)), "n_models": len(features)}
-    truth = artifacts.concept_truth(probe_set_path)
-    if truth is not None:
-        result.update(enrichment(per_target.mean(0), truth, tcfg["top_fraction"], cfg["seed"],
-                                 hardness=np.mean(hardness, axis=0)))
-    artifacts.write_scores(out_path, cfg, concept, layer, per_target, tidx, len(features),
-                           per_negative=per_negative, negative_indices=nidx)
-    artifacts.write_json(json_path, result)
-    log.info("%s/%s: %s", concept, layer, json.dumps(result))
-    return result
+
+def score(concepts: dict, layers, models: dict, features: dict, outputs: dict, cfg: dict) -> dict:
+    """Every (concept, layer) target of one condition.
+
+    ``concepts``: {concept: (probe set file, probes file)}; ``models``: {member: model
+    file}; ``features``: {(member, checkpoint): gathered features}; ``outputs``:
+    {concept: {layer: (scores .h5, enrichment .json)}}. Each checkpoint is set up and its
+    features read once. Returns {concept: {layer: enrichment row}}.
+    """
+    tcfg = cfg["trak"]
+    targets = {c: concept_targets(ps, c, tcfg, cfg["seed"]) for c, (ps, _) in concepts.items()}
+    ens, hardness = Ensemble(resolve_device(tcfg["device"])), []
+    for (member, ckpt) in tqdm(sorted(features), desc=f"score {len(concepts)} concepts x {len(layers)} layers"):
+        model, grads, attrs = setup(models[member], ckpt, member, tcfg)
+        feats = artifacts.features(features[(member, ckpt)])
+        check_features(features[(member, ckpt)], feats, attrs)
+        g = {(c, layer): probe_gradients(model, grads, artifacts.probe(concepts[c][1], member, layer), layer,
+                                         targets[c][2], attrs["model_id"], tcfg["batch_size"])
+             for c in concepts for layer in layers}
+        hardness.append(feats["out_to_loss"])
+        ens.add(feats["x_xtx_inv"], g, feats["out_to_loss"])
+        del feats, g
+    results = {}
+    for c, (probe_set_path, _) in concepts.items():
+        tidx, nidx, _ = targets[c]
+        truth = artifacts.concept_truth(probe_set_path)
+        for layer in layers:
+            both = ens.scores((c, layer)).astype(np.float32)   # [targets + negatives, n_train]
+            per_target, per_negative = both[:len(tidx)], both[len(tidx):]
+            result = {"concept": c, "layer": layer, "n_targets": int(len(tidx)), "n_models": len(features)}
+            if truth is not None:
+                result.update(enrichment(per_target.mean(0), truth, tcfg["top_fraction"], cfg["seed"],
+                                         hardness=np.mean(hardness, axis=0)))
+            out_path, json_path = outputs[c][layer]
+            artifacts.write_scores(out_path, cfg, c, layer, per_target, tidx, len(features),
+                                   per_negative=per_negative, negative_indices=nidx)
+            artifacts.write_json(json_path, result)
+            log.info("%s/%s: %s", c, layer, json.dumps(result))
+            results.setdefault(c, {})[layer] = result
+    return results
 
 
 def score_stage(job) -> None:
-    """``input``: probe_set, probes, models {member: file}, features {member: {checkpoint: file}}."""
-    models = {int(m): p for m, p in job.input["models"].items()}
-    features = {(int(m), c): p for m, by_ckpt in job.input["features"].items() for c, p in by_ckpt.items()}
-    score(job.wildcards["concept"], job.wildcards["layer"], job.input["probe_set"], job.input["probes"], models,
-          features, job.output["scores"], job.output["enrichment"], job.params)
+    """``input``: probe_sets and probes {concept: file}, models {member: file}, features
+    {member: {checkpoint: file}}; ``output``: scores and enrichment {concept: {layer: file}}."""
+    i, o = job.input, job.output
+    models = {int(m): p for m, p in i["models"].items()}
+    features = {(int(m), c): p for m, by_ckpt in i["features"].items() for c, p in by_ckpt.items()}
+    concepts = {c: (i["probe_sets"][c], i["probes"][c]) for c in i["probe_sets"]}
+    layers = list(job.params["layers"])
+    outputs = {c: {layer: (o["scores"][c][layer], o["enrichment"][c][layer]) for layer in layers} for c in concepts}
+    score(concepts, layers, models, features, outputs, job.params)

@@ -81,6 +81,16 @@ def make_model(info: dict, model_cfg: dict):
     return build(arch)
 
 
+def parameter_groups(model, weight_decay: float, decay_norms: bool = True):
+    """What the optimizer decays: every parameter (``decay_norms``), or all but BatchNorm
+    weights and biases and every bias (one-dimensional parameters)."""
+    if decay_norms:
+        return list(model.parameters())
+    params = list(model.parameters())
+    return [{"params": [p for p in params if p.ndim > 1], "weight_decay": weight_decay},
+            {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0}]
+
+
 def spawn_schedule(epochs: int, spawn_epoch: int, steps_base: int, steps_twin: int) -> tuple:
     """(total scheduler steps, steps already taken) of a twin that resumes its base run after
     ``spawn_epoch`` epochs of ``steps_base`` steps and trains the rest with ``steps_twin``."""
@@ -119,8 +129,9 @@ def train_member(data_path, out_path, member: int, cfg: dict, train_indices=None
         torch.backends.cudnn.benchmark = True
         model = model.to(memory_format=torch.channels_last)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda and tcfg["precision"] == "bf16")
-    opt = torch.optim.SGD(model.parameters(), lr=tcfg["lr"], momentum=tcfg["momentum"],
-                          weight_decay=tcfg["weight_decay"], nesterov=True)
+    opt = torch.optim.SGD(parameter_groups(model, tcfg["weight_decay"], tcfg["decay_norms"]), lr=tcfg["lr"],
+                          momentum=tcfg["momentum"], weight_decay=tcfg["weight_decay"], nesterov=True)
+    smoothing = float(tcfg["label_smoothing"])
     epochs, bs = tcfg["epochs"], tcfg["batch_size"]
     steps_per_epoch = max(1, int(np.ceil(len(train_src) / bs)))
     start, total_steps, done_steps = 0, epochs * steps_per_epoch, 0
@@ -160,7 +171,7 @@ def train_member(data_path, out_path, member: int, cfg: dict, train_indices=None
                 x = x.contiguous(memory_format=torch.channels_last)
             y = y.to(device, non_blocking=True)
             with autocast:
-                loss = F.cross_entropy(model(x), y)
+                loss = F.cross_entropy(model(x), y, label_smoothing=smoothing)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
