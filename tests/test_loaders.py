@@ -140,6 +140,24 @@ def test_imagefolder_base_is_streamed_in_blocks_with_the_same_images_and_stats(t
     assert not (tmp_path / "bad.h5").exists()
 
 
+def test_base_rows_in_any_order_with_repeats_and_a_grid_of_a_small_set(tmp_path):
+    """base_split returns the rows asked for, in that order, repeats included (h5py itself
+    reads only increasing indices); the top/bottom grid of a set smaller than 16 images
+    draws each image in both halves."""
+    from workflow import artifacts
+    from workflow.attribution.report import grid_png
+
+    cfg = base_cfg(name="synthetic", synthetic={"n_train": 7, "n_test": 4, "planted_fraction": 0.3})
+    data.build_base(cfg, tmp_path / "base.h5")
+    x, y = artifacts.base_split(tmp_path / "base.h5", "train")
+    idx = [5, 1, 5, 0, 6, 1]
+    xi, yi = artifacts.base_split(tmp_path / "base.h5", "train", idx)
+    assert np.array_equal(xi, x[idx]) and np.array_equal(yi, y[idx])
+    names = artifacts.base_info(tmp_path / "base.h5")["class_names"]
+    grid_png(tmp_path / "base.h5", names, np.linspace(1, -1, 7), tmp_path / "grid.png", "seven images")
+    assert (tmp_path / "grid.png").stat().st_size > 5000
+
+
 def test_imagefolder_folder_concept(tmp_path):
     write_tree(tmp_path / "tree")
     cfg = base_cfg(name="imagefolder", root=str(tmp_path / "tree"), subset_fraction=1.0, test_fraction=0.1)

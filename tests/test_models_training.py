@@ -164,6 +164,27 @@ def test_spawned_twin_resumes_the_base_run_bit_for_bit(tmp_path):
     assert train.spawn_schedule(12, 6, 16, 15) == (6 * 16 + 6 * 15, 96)
 
 
+def test_one_cycle_schedule_is_defined_at_every_step_count():
+    """OneCycleLR with a quarter warm-up divides by zero at exactly 4 steps; warmup_fraction
+    keeps the quarter from 8 steps up and a defined schedule below, through every step."""
+    assert [train.warmup_fraction(t) for t in (8, 100, 5000)] == [0.25] * 3
+    for total in range(1, 41):
+        opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.1, total_steps=total,
+                                                    pct_start=train.warmup_fraction(total),
+                                                    anneal_strategy="linear")
+        lrs = [opt.param_groups[0]["lr"]]
+        for _ in range(total - 1):
+            opt.step()
+            sched.step()
+            lrs.append(opt.param_groups[0]["lr"])
+        assert all(0 < lr <= 0.1 + 1e-12 for lr in lrs), total
+        assert lrs[-1] < max(lrs) or total == 1                                     # it anneals
+    with pytest.raises(ZeroDivisionError):                                          # the bug it avoids
+        opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+        torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.1, total_steps=4, pct_start=0.25)
+
+
 def test_imagenet_recipe_options_no_decay_on_norms_and_label_smoothing(tmp_path):
     """train.decay_norms false keeps BatchNorm weights/biases and biases out of weight decay;
     label smoothing changes the run; both at their defaults leave it as before."""

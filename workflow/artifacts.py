@@ -105,7 +105,7 @@ def base_labels(path, split: str) -> dict:
 def base_split(path, split: str, indices=None):
     """(images uint8 [N,H,W,3], labels int64 [N]) of ``split`` ("train"/"test").
 
-    ``indices`` (any order) selects rows, returned in that order.
+    ``indices`` (any order, repeats allowed) selects rows, returned in that order.
     """
     with reading(path) as f:
         if split not in f:
@@ -113,12 +113,9 @@ def base_split(path, split: str, indices=None):
         g = f[split]
         if indices is None:
             return g["images"][()], g["labels"][()].astype(np.int64)
-        idx = np.asarray(indices, dtype=np.int64)
-        order = np.argsort(idx, kind="stable")
-        inv = np.empty_like(order)
-        inv[order] = np.arange(len(order))
-        srt = idx[order]
-        return g["images"][srt][inv], g["labels"][srt][inv].astype(np.int64)
+        # h5py reads strictly increasing indices: read each row once, then repeat and reorder
+        rows, inv = np.unique(np.asarray(indices, dtype=np.int64), return_inverse=True)
+        return g["images"][rows][inv], g["labels"][rows][inv].astype(np.int64)
 
 
 class BaseReader:

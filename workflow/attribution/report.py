@@ -14,15 +14,21 @@ def top_bottom(scores: np.ndarray, n: int = 16):
 
 
 def grid_png(data_path, class_names, scores, path, title: str, n: int = 16) -> None:
-    """Read only the 2n images shown (not the training set) and draw them with their scores."""
+    """Read only the 2n images shown (not the training set) and draw them with their scores.
+    A training set smaller than n shows every image in both halves."""
     import matplotlib.pyplot as plt
 
+    n = min(n, len(scores))
     top, bottom = top_bottom(scores, n)
     images, labels = artifacts.base_split(data_path, "train", np.concatenate([top, bottom]))
-    fig, axes = plt.subplots(4, n // 2, figsize=(n // 2 * 1.3, 4 * 1.55))
+    cols = max(1, (n + 1) // 2)
+    fig, axes = plt.subplots(4, cols, figsize=(cols * 1.3, 4 * 1.55), squeeze=False)
+    for ax in axes.flat:
+        ax.set_axis_off()
     for r, (name, idx) in enumerate((("top", top), ("bottom", bottom))):
         for j, i in enumerate(idx):
-            ax = axes[2 * r + j // (n // 2), j % (n // 2)]
+            ax = axes[2 * r + j // cols, j % cols]
+            ax.set_axis_on()
             ax.imshow(images[r * n + j], interpolation="nearest")
             ax.set_title(f"#{i} {class_names[labels[r * n + j]][:8]}\n{scores[i]:+.2e}", fontsize=6)
             ax.set_xticks([])

@@ -91,6 +91,19 @@ def parameter_groups(model, weight_decay: float, decay_norms: bool = True):
             {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0}]
 
 
+def warmup_fraction(total_steps: int) -> float:
+    """OneCycleLR's ``pct_start``: a quarter of the steps, as always, from 8 steps up.
+
+    OneCycleLR ends its warm-up at step ``pct_start * total_steps - 1`` and divides by that
+    number, so a quarter of exactly 4 steps (a tiny recipe: 2 epochs of 2 batches) raises
+    ZeroDivisionError. Below 8 steps the warm-up ends half a step in (one step at the
+    initial rate, then the linear anneal), which is defined for every step count.
+    """
+    if total_steps >= 8:
+        return 0.25
+    return 1.5 / total_steps if total_steps >= 2 else 0.5
+
+
 def spawn_schedule(epochs: int, spawn_epoch: int, steps_base: int, steps_twin: int) -> tuple:
     """(total scheduler steps, steps already taken) of a twin that resumes its base run after
     ``spawn_epoch`` epochs of ``steps_base`` steps and trains the rest with ``steps_twin``."""
@@ -139,7 +152,7 @@ def train_member(data_path, out_path, member: int, cfg: dict, train_indices=None
         start = int(spawn[1])
         total_steps, done_steps = spawn_schedule(epochs, start, max(1, int(np.ceil(n_base / bs))), steps_per_epoch)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=tcfg["lr"], total_steps=total_steps,
-                                                pct_start=0.25, anneal_strategy="linear")
+                                                pct_start=warmup_fraction(total_steps), anneal_strategy="linear")
     gen = torch.Generator().manual_seed(seed)
     shift, flips = tcfg["augment_shift"], tcfg["augment_flip"]
     if spawn is not None:
