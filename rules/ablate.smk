@@ -12,6 +12,7 @@ rule ablate:
         cfg=lambda w: as_json(ablation_params(w.condition)),
         files=stage_files(ablate_inputs, {"ablation": ABLATION}),
         code=code_digest("ablate"),
+    priority: CRITICAL
     resources:
         **rule_resources("ablate"),
     log:

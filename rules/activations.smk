@@ -16,6 +16,7 @@ rule activations:
         files=stage_files(ACTIVATION_INPUTS, ACTIVATION_OUTPUTS),
         code=code_digest("activations"),
     threads: config["threads"]["activations"]
+    priority: critical_path_priority
     resources:
         **rule_resources("activations", device=config["activations"]["device"]),
     log:

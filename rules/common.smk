@@ -108,6 +108,18 @@ def stage_cmd(stage):
             f"--threads {{threads}} --mem-mb {{resources.mem_mb}} --log {{log:q}}")
 
 
+# Scheduling: the chain from the base models to the ablated sets (base training, probe
+# sets, base activations, probes and summary, TRAK features and scores, ablation sets) is
+# the critical path of a run; its jobs go first when
+# cores or cluster slots are short, so retrained twins start as early as possible instead
+# of waiting behind base probes or random-removal twins. Order only: no result changes.
+CRITICAL = 10
+
+
+def critical_path_priority(wildcards):
+    return CRITICAL if wildcards.condition == "base" else 0
+
+
 def code_digest(stage):
     """The digest of the code ``stage`` runs (its import closure): a code edit reruns its jobs."""
     return stage_digest(stage)

@@ -31,6 +31,7 @@ rule probe_set:
         cfg=lambda w: as_json(concept_params(w.concept)),
         files=stage_files({"base": BASE}, {"probe_set": PROBE_SET}),
         code=code_digest("probe-set"),
+    priority: CRITICAL
     resources:
         **rule_resources("data"),
     log:

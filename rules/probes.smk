@@ -14,6 +14,7 @@ rule probes:
         files=stage_files(PROBE_INPUTS, {"probes": PROBES}),
         code=code_digest("probes"),
     threads: config["threads"]["probes"]
+    priority: critical_path_priority
     resources:
         **rule_resources("probes"),
     log:

@@ -15,6 +15,7 @@ rule summarize:
         cfg=lambda w: as_json({"concepts": CONCEPTS}),
         files=stage_files(SUMMARY_INPUTS, SUMMARY_OUTPUTS),
         code=code_digest("summary"),
+    priority: critical_path_priority
     resources:
         **rule_resources("report"),
     log:

@@ -14,6 +14,7 @@ rule train:
         files=stage_files(train_inputs, {"model": MODEL}),
         code=code_digest("train"),
     threads: config["threads"]["train"]
+    priority: critical_path_priority
     resources:
         **rule_resources("train", device=config["train"]["device"]),
     log:

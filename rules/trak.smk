@@ -22,6 +22,7 @@ rule featurize:
         files=stage_files(FEATURIZE_INPUTS, FEATURIZE_OUTPUTS),
         code=code_digest("featurize"),
     threads: config["threads"]["trak"]
+    priority: CRITICAL
     resources:
         **rule_resources("featurize", device=config["trak"]["device"]),
     log:
@@ -45,6 +46,7 @@ rule gather_features:
         cfg=lambda w: as_json(trak_params(*FEATURIZE_KEYS, "lambda_reg")),
         files=stage_files(GATHER_INPUTS, GATHER_OUTPUTS),
         code=code_digest("gather"),
+    priority: CRITICAL
     resources:
         **rule_resources("gather"),
     log:
@@ -73,6 +75,7 @@ rule score:
         files=stage_files(SCORE_INPUTS, SCORE_OUTPUTS),
         code=code_digest("score"),
     threads: config["threads"]["trak"]
+    priority: CRITICAL
     resources:
         **rule_resources("score", device=config["trak"]["device"]),
     log:

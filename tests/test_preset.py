@@ -49,8 +49,9 @@ def preset_on_tree(tmp_path: Path) -> Path:
     cfg["train"].update(epochs=2, batch_size=4, lr=0.02, checkpoint_every=1, device="cpu")   # 4 steps: see warmup_fraction
     cfg["activations"].update(batch_size=16, device="cpu")
     cfg["probes"].update(max_iter=300, path_points=4)
-    cfg["trak"].update(shards=2, proj_dim=16, batch_size=4, device="cpu", max_targets=1,
-                       checkpoints=["epoch_0001", "final"])
+    # one checkpoint: each per-example gradient of the full-width model costs ~0.5 s on one
+    # CPU thread (11.7M coordinates hashed 4 times); several checkpoints: tests/configs/tiny.yaml
+    cfg["trak"].update(shards=2, proj_dim=16, batch_size=4, device="cpu", max_targets=1, checkpoints=["final"])
     cfg["ablation"].update(fractions=[0.25], concepts=["snakes"])   # top, bottom and random of one concept
     cfg["threads"] = {k: 1 for k in cfg["threads"]}
     path = tmp_path / "preset.yaml"

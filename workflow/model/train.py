@@ -69,11 +69,6 @@ def predictions(model, source, device, batch_size=512):
     return np.concatenate(pred), np.concatenate(labels)
 
 
-def accuracy(model, source, device, batch_size=512) -> float:
-    pred, labels = predictions(model, source, device, batch_size)
-    return float((pred == labels).mean()) if len(labels) else 0.0
-
-
 def make_model(info: dict, model_cfg: dict):
     arch = {"arch": model_cfg["arch"], "num_classes": info["num_classes"],
             "width": model_cfg["width"], "image_size": info["image_size"],
@@ -199,12 +194,11 @@ def train_member(data_path, out_path, member: int, cfg: dict, train_indices=None
                                for k, p in model.named_parameters() if "momentum_buffer" in opt.state[p]}
     pred, y_test = predictions(model, test_src, device, bs)   # eval batches as large as training ones
     test_correct = pred == y_test
-    metrics = {"train_acc": accuracy(model, train_src, device, bs),
-               "test_acc": float(test_correct.mean()) if len(y_test) else 0.0,
+    metrics = {"test_acc": float(test_correct.mean()) if len(y_test) else 0.0,
                "final_loss": total, "n_train": int(len(train_src)), "seed": int(seed)}
     train_src.close()
     test_src.close()
-    log.info("member %d: train acc %.4f, test acc %.4f", member, metrics["train_acc"], metrics["test_acc"])
+    log.info("member %d: test acc %.4f", member, metrics["test_acc"])
     checkpoints.save(out_path, model, saved, metrics, cfg, arrays={"test_correct": test_correct}, momentum=momentum)
     return metrics
 
