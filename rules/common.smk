@@ -139,7 +139,10 @@ def concept_params(name):
 
 def train_params(w):
     """The recipe; an ablated twin also gets the spawn epoch (base runs do not depend on it)."""
-    params = {"seed": config["seed"], "model": config["model"], "train": config["train"]}
+    train = dict(config["train"])
+    if train["crop"] == "shift":
+        del train["crop_scale"]                      # unused: editing it retrains nothing
+    params = {"seed": config["seed"], "model": config["model"], "train": train}
     if w.condition != "base":
         params["spawn_epoch"] = config["ablation"]["spawn_epoch"]
     return params

@@ -158,6 +158,47 @@ def test_base_rows_in_any_order_with_repeats_and_a_grid_of_a_small_set(tmp_path)
     assert (tmp_path / "grid.png").stat().st_size > 5000
 
 
+def test_imagefolder_stored_larger_than_the_crop(tmp_path):
+    """dataset.store_size: the train split is stored at store_size; the test split and the
+    folder concept's images are the centre image_size view of the same resize, which is
+    also what every stage but training reads of a stored training image; training runs in
+    both crop modes on it."""
+    from workflow import artifacts
+    from workflow.data.imagefolder import load_image
+    from workflow.model import train
+    from workflow.model.resnet import to_input
+
+    write_tree(tmp_path / "tree", n_train=6, n_val=2)
+    d = {"name": "imagefolder", "root": str(tmp_path / "tree"), "subset_fraction": 1.0, "store_size": 40}
+    cfg = base_cfg(**d)
+    data.build_base(cfg, tmp_path / "base.h5")
+    info = artifacts.base_info(tmp_path / "base.h5")
+    assert (info["image_size"], info["store_size"]) == (32, 40)
+    x_train, _ = artifacts.base_split(tmp_path / "base.h5", "train")
+    x_test, _ = artifacts.base_split(tmp_path / "base.h5", "test")
+    assert x_train.shape[1:] == (40, 40, 3) and x_test.shape[1:] == (32, 32, 3)
+    val0 = sorted((tmp_path / "tree" / "val" / "apple").iterdir())[0]
+    assert np.array_equal(x_test[0], load_image(val0, 40)[4:36, 4:36])
+    train0 = sorted((tmp_path / "tree" / "train" / "apple").iterdir())[0]
+    assert np.array_equal(to_input(x_train[:1], 32)[0], to_input(load_image(train0, 40)[None, 4:36, 4:36])[0])
+    concept = {"name": "c", "kind": "folders", "positives": str(tmp_path / "tree" / "concept" / "positives"),
+               "negatives": str(tmp_path / "tree" / "concept" / "negatives")}
+    data.build_probe_set(completed({**cfg, "probe_set": {"size": 8}}), concept, tmp_path / "base.h5",
+                         tmp_path / "probe.h5")
+    with h5py.File(tmp_path / "probe.h5") as f:
+        assert f["images"].shape[1:] == (32, 32, 3)
+    for crop in ("shift", "random_resized"):
+        tcfg = completed({"seed": 0, "model": {"width": 2},
+                          "train": {"epochs": 1, "batch_size": 8, "device": "cpu", "crop": crop}})
+        metrics = train.train_member(tmp_path / "base.h5", tmp_path / f"{crop}.h5", 0, tcfg)
+        assert 0.0 <= metrics["test_acc"] <= 1.0
+    with pytest.raises(ConfigError, match="store_size: 24 is smaller than dataset.image_size 32"):
+        resolve({"experiment": "x", "dataset": {**d, "store_size": 24, "image_size": 32}, "concepts": [concept]})
+    with pytest.raises(ConfigError, match="dataset.store_size: only for imagefolder"):
+        resolve({"experiment": "x", "dataset": {"name": "synthetic", "store_size": 40},
+                 "concepts": [{"name": "h", "kind": "planted"}]})
+
+
 def test_imagefolder_folder_concept(tmp_path):
     write_tree(tmp_path / "tree")
     cfg = base_cfg(name="imagefolder", root=str(tmp_path / "tree"), subset_fraction=1.0, test_fraction=0.1)

@@ -140,6 +140,53 @@ def test_reading_batches_from_the_file_trains_the_same_weights_as_holding_the_sp
     assert np.array_equal(x, ref_x[[50, 2, 50, 95]]) and np.array_equal(y, ref_y[[50, 2, 50, 95]])
 
 
+def test_random_resized_crop_samples_the_drawn_box():
+    """On ramp images (value = column, or row, index) bilinear sampling is exact, so each
+    output pixel must read the centre of its bin of the drawn box: position, size and
+    aspect ratio are checked to 1e-4 px."""
+    side, size = 64, 16
+    cols = torch.arange(side, dtype=torch.float32).expand(side, side)
+    x = torch.stack([torch.stack([cols, cols.T, cols])] * 2)                 # [2, 3, 64, 64]
+    # image 0: a quarter of the area, square, centred; image 1: aspect 4/3, top-left corner
+    draws = torch.tensor([[0.0, 0.0], [0.5, 1.0], [0.5, 0.0], [0.5, 0.0]])
+    out = train.random_resized(x, draws, size, (0.25, 0.25))
+    assert out.shape == (2, 3, size, size)
+    for i, ratio in ((0, 1.0), (1, 4 / 3)):
+        w, h = (0.25 * ratio) ** 0.5 * side, (0.25 / ratio) ** 0.5 * side
+        x0, y0 = draws[2, i] * (side - w), draws[3, i] * (side - h)
+        j = torch.arange(size, dtype=torch.float32)
+        want_x = x0 + (j + 0.5) * w / size - 0.5                             # bin centres, pixel-centre coords
+        want_y = y0 + (j + 0.5) * h / size - 0.5
+        inside = (want_x - 0.25 * w / size >= 0) & (want_y - 0.25 * h / size >= 0)   # no clamped samples
+        assert inside.sum() >= size - 1
+        assert torch.allclose(out[i, 0][:, inside], want_x[inside].expand(size, -1)[:, :inside.sum()], atol=1e-4)
+        assert torch.allclose(out[i, 1][inside][:, 0], want_y[inside], atol=1e-4)
+    # the largest crop (area 1, square) covers the whole image
+    full = train.random_resized(x[:1], torch.tensor([[1.0], [0.5], [0.3], [0.7]]), size, (0.08, 1.0))
+    assert torch.allclose(full[0, 0, 0], torch.arange(size) * 4 + 1.5, atol=1e-4)
+
+
+def test_random_resized_twin_is_paired_and_zero_removal_is_bit_for_bit(tmp_path):
+    """train.crop random_resized: its draws are made over every base image after the shift
+    recipe's, so removing nothing reproduces the base weights, and the shift recipe's
+    stream is untouched (its run is unchanged by the option's existence)."""
+    tcfg = tiny_base(tmp_path)
+    rrc = {**tcfg, "train": {**tcfg["train"], "crop": "random_resized", "crop_scale": [0.35, 1.0]}}
+    train.train_member(tmp_path / "base.h5", tmp_path / "base_m0.h5", 0, rrc)
+    train.train_member(tmp_path / "base.h5", tmp_path / "none_m0.h5", 0, rrc, train_indices=np.arange(96))
+    train.train_member(tmp_path / "base.h5", tmp_path / "shift_m0.h5", 0, tcfg)
+    _, base = artifacts.model_state(tmp_path / "base_m0.h5")
+    _, none = artifacts.model_state(tmp_path / "none_m0.h5")
+    _, shift = artifacts.model_state(tmp_path / "shift_m0.h5")
+    assert all(np.array_equal(base[k], none[k]) for k in base)
+    assert not all(np.array_equal(base[k], shift[k]) for k in base)
+    gen_a, gen_b = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    a = train.epoch_draws(gen_a, 50, 2)
+    b = train.epoch_draws(gen_b, 50, 2)
+    train.crop_draws(gen_b, 50)
+    assert all(torch.equal(u, v) for u, v in zip(a, b))                       # crops draw after, never before
+
+
 def test_spawned_twin_resumes_the_base_run_bit_for_bit(tmp_path):
     """ablation.spawn_epoch: a twin started from the base member's state after epoch E with
     nothing removed ends on the base weights; with images removed it differs only after E."""

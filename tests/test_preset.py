@@ -1,7 +1,8 @@
 """The ImageNet-10% preset's own path, end to end on CPU: config/imagenet10p.yaml with only
-its counts shrunk and its paths pointed at a generated ImageFolder tree of 224 px JPEGs.
-Full-width ResNet-18 (width 64), both of its concepts (a class set and a folder pair), every
-layer, its checkpoints and shards, its controls (random, bottom), validate and the report."""
+its counts shrunk and its paths pointed at a generated ImageFolder tree of JPEGs.
+Full-width ResNet-18 (width 64) at 224 px on images stored at 256 px (random-resized
+crops), both of its concepts (a class set and a folder pair), every layer, sharded TRAK
+features, its controls (random, bottom), validate and the report."""
 import json
 from pathlib import Path
 
@@ -19,7 +20,7 @@ N_CLASSES, N_TRAIN, N_VAL = 4, 3, 3
 
 
 def jpeg(path: Path, rng, stripes: bool = False) -> None:
-    """A 256 x 240 JPEG (resized and centre-cropped to 224 by the loader); ``stripes``: a
+    """A 256 x 240 JPEG (stored at 256 px, shorter side, centre-cropped); ``stripes``: a
     high-frequency grating over the noise, the folder concept's positives."""
     img = rng.integers(0, 255, (240, 256, 3), dtype=np.uint8)
     if stripes:
@@ -65,7 +66,7 @@ def test_imagenet_preset_runs_end_to_end_on_a_tiny_tree(tmp_path):
     run_snakemake(tmp_path, "--cores", "2", configfile=cfgfile, timeout=600)
     res = tmp_path / "results" / cfg["experiment"]
     info = artifacts.base_info(res / "data" / "base.h5")
-    assert info["image_size"] == 224 and info["n_train"] == N_CLASSES * round(0.67 * N_TRAIN)
+    assert (info["image_size"], info["store_size"]) == (224, 256) and info["n_train"] == N_CLASSES * round(0.67 * N_TRAIN)
     model = checkpoints.load(res / "base" / "models" / "m0.h5")
     assert 11.0e6 < sum(p.numel() for p in model.parameters()) < 12.0e6       # the full-width ResNet-18
     assert artifacts.model_checkpoints(res / "base" / "models" / "m0.h5") == ["epoch_0001", "final"]

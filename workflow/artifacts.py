@@ -50,23 +50,28 @@ def write_base(path, cfg: dict, splits: dict, class_names: list, pixel_mean, pix
                 g.create_dataset("planted", data=arrays[2])
 
 
-def write_base_blocks(path, cfg: dict, class_names: list, image_size: int, splits: dict) -> dict:
+def write_base_blocks(path, cfg: dict, class_names: list, image_size: int, splits: dict,
+                      store_size: int | None = None) -> dict:
     """The base file written block by block: ``splits`` {split: (labels, iterable of uint8
     image blocks in order)}. The train split's channel mean and std are accumulated as
     exact integer sums over the blocks. Images are chunked a few hundred KB at a time, so
-    a random batch reads only its own images. Returns the pixel mean and std."""
-    row = image_size * image_size * 3
-    rows = max(1, min(256, (1 << 18) // row))
+    a random batch reads only its own images. ``image_size`` is the model's input;
+    ``store_size`` (default: the same) the train split's stored size (the test split is
+    stored at ``image_size``). Returns the pixel mean and std."""
+    store_size = store_size or image_size
     s1 = np.zeros(3, np.int64)
     s2 = np.zeros(3, np.int64)
     count = 0
+    attrs = {"store_size": store_size} if store_size != image_size else {}
     with atomic.h5(path, cfg, class_names=json.dumps(list(class_names)), num_classes=len(class_names),
-                   image_size=image_size) as f:
+                   image_size=image_size, **attrs) as f:
         for split, (labels, image_blocks) in splits.items():
             n = len(labels)
+            side = store_size if split == "train" else image_size
+            rows = max(1, min(256, (1 << 18) // (side * side * 3)))
             g = f.create_group(split)
-            ds = g.create_dataset("images", shape=(n, image_size, image_size, 3), dtype=np.uint8,
-                                  chunks=(max(1, min(rows, n)), image_size, image_size, 3))
+            ds = g.create_dataset("images", shape=(n, side, side, 3), dtype=np.uint8,
+                                  chunks=(max(1, min(rows, n)), side, side, 3))
             g.create_dataset("labels", data=np.asarray(labels, np.int64))
             at = 0
             for x in image_blocks:
@@ -85,10 +90,13 @@ def write_base_blocks(path, cfg: dict, class_names: list, image_size: int, split
 
 
 def base_info(path) -> dict:
-    """Class names and the image statistics the model normalises with."""
+    """Class names and the image statistics the model normalises with; ``image_size`` is
+    the model's input, ``store_size`` that of the stored training images (larger when
+    ``dataset.store_size`` is set: every stage but training centre-crops them)."""
     with reading(path) as f:
         return {"class_names": json_attr(f, "class_names"), "num_classes": int(f.attrs["num_classes"]),
                 "image_size": int(f.attrs["image_size"]),
+                "store_size": int(f.attrs.get("store_size", f.attrs["image_size"])),
                 "pixel_mean": list(map(float, f.attrs["pixel_mean"])),
                 "pixel_std": list(map(float, f.attrs["pixel_std"])),
                 "n_train": int(f["train/labels"].shape[0]), "n_test": int(f["test/labels"].shape[0])}

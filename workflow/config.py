@@ -103,6 +103,16 @@ def check_dataset(config: dict) -> None:
             raise ConfigError("config error: dataset.image_size: cifar10 images are 32 px; set 32")
         if d["name"] == "imagefolder" and not os.path.isdir(os.path.join(root, "train")):
             raise ConfigError(f"config error: dataset.root: no train/ folder in {root}")
+    if d["store_size"] is not None:
+        if d["name"] != "imagefolder":
+            raise ConfigError(f"config error: dataset.store_size: only for imagefolder ({d['name']} images are "
+                              f"stored at image_size); remove it")
+        if d["store_size"] < d["image_size"]:
+            raise ConfigError(f"config error: dataset.store_size: {d['store_size']} is smaller than "
+                              f"dataset.image_size {d['image_size']}")
+    lo, hi = config["train"]["crop_scale"]
+    if lo > hi:
+        raise ConfigError(f"config error: train.crop_scale: [{lo}, {hi}] must be [low, high]")
 
 
 def check_concepts(config: dict) -> None:
@@ -172,4 +182,7 @@ def dataset_slice(config: dict) -> dict:
     keep = {"synthetic": ("name", "image_size", "synthetic"),
             "cifar10": ("name", "image_size", "root"),
             "imagefolder": ("name", "image_size", "root", "subset_fraction", "test_fraction")}[d["name"]]
-    return {k: d[k] for k in keep if k in d}
+    out = {k: d[k] for k in keep if k in d}
+    if d["name"] == "imagefolder" and d.get("store_size") is not None:
+        out["store_size"] = d["store_size"]          # absent when unset: older results stay valid
+    return out

@@ -85,7 +85,8 @@ def featurize(model_path, data_path, out_paths: dict, member: int, shard: int, c
     tcfg = cfg["trak"]
     setups = {ckpt: setup(model_path, ckpt, member, tcfg) for ckpt in out_paths}
     device = next(next(iter(setups.values()))[0].parameters()).device
-    n_train = artifacts.base_info(data_path)["n_train"]
+    info = artifacts.base_info(data_path)
+    n_train, size = info["n_train"], info["image_size"]
     idx = shard_indices(n_train, shard, tcfg["shards"])
     reader = artifacts.BaseReader(data_path, "train")   # one batch of images in memory at a time
     feats = {c: np.zeros((len(idx), a["proj_dim"]), np.float32) for c, (_, _, a) in setups.items()}
@@ -98,7 +99,7 @@ def featurize(model_path, data_path, out_paths: dict, member: int, shard: int, c
 
     for s, images, labels in tqdm(prefetch(batches()), total=-(-len(idx) // bs), mininterval=10,
                                   desc=f"featurize m{member} shard {shard} ({len(setups)} checkpoints)"):
-        x = to_input(images).to(device)
+        x = to_input(images, size).to(device)        # the centre view of images stored larger
         y = torch.as_tensor(labels).to(device)
         for ckpt, (model, grads, attrs) in setups.items():
             feats[ckpt][s:s + bs], otl[ckpt][s:s + bs] = train_features(model, grads, x, y, attrs["model_id"])

@@ -40,10 +40,12 @@ def build_base(cfg: dict, out_path, workers: int = 1) -> None:
         d = cfg["dataset"]
         files = imagefolder.split_files(d["root"], d["subset_fraction"], d["test_fraction"],
                                         seeded_rng(cfg["seed"], "imagefolder-subset"))
-        splits = {split: (files[split][1], imagefolder.blocks(files[split][0], d["image_size"], workers,
-                                                              desc=f"{split} images"))
+        size, store = d["image_size"], store_size(d)
+        views = {"train": (store, None), "test": (store, size)}   # test: the evaluation view (centre crop)
+        splits = {split: (files[split][1], imagefolder.blocks(files[split][0], views[split][0], workers,
+                                                              desc=f"{split} images", view=views[split][1]))
                   for split in ("train", "test")}
-        stats = artifacts.write_base_blocks(out_path, cfg, files["class_names"], d["image_size"], splits)
+        stats = artifacts.write_base_blocks(out_path, cfg, files["class_names"], size, splits, store_size=store)
         for split in ("train", "test"):
             log.info("%s: %d images, %d classes", split, len(files[split][1]), len(np.unique(files[split][1])))
         log.info("pixel mean %s, std %s (streamed)", np.round(stats["pixel_mean"], 4), np.round(stats["pixel_std"], 4))
@@ -56,6 +58,11 @@ def build_base(cfg: dict, out_path, workers: int = 1) -> None:
     artifacts.write_base(out_path, cfg, splits, data["class_names"], mean, std)
     for split, arrays in splits.items():
         log.info("%s: %d images, %d classes", split, len(arrays[1]), len(np.unique(arrays[1])))
+
+
+def store_size(d: dict) -> int:
+    """The stored size of the train split's images (``dataset.store_size``, else image_size)."""
+    return d.get("store_size") or d["image_size"]
 
 
 def resolve_classes(wanted, class_names) -> list:
@@ -129,9 +136,10 @@ def build_probe_set(cfg: dict, concept: dict, base_path, out_path) -> None:
         for key, lst in (("positives", pos), ("negatives", neg)):
             if not lst:
                 raise FileNotFoundError(f"concepts.{concept['name']}.{key}: no images in {concept[key]}")
-        size = d["image_size"]
-        images = np.concatenate([imagefolder.load_images(pos, size, "positives"),
-                                 imagefolder.load_images(neg, size, "negatives")])
+        size, store = d["image_size"], store_size(d)
+        view = size if store > size else None                   # the test split's view
+        images = np.concatenate([imagefolder.load_images(pos, store, "positives", view),
+                                 imagefolder.load_images(neg, store, "negatives", view)])
         lab01 = np.concatenate([np.ones(len(pos), np.int64), np.zeros(len(neg), np.int64)])
         images, lab01 = _balanced_from(images, lab01, n, rng)
     else:

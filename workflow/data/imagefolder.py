@@ -4,7 +4,11 @@ Class ids are torchvision's ImageFolder ids (sorted folder names), so for ImageN
 snakes are ids 52-68. ``subset_fraction`` draws a seeded, per-class stratified subset of
 the train split (ImageNet-10% with 0.1). Without a ``val`` folder, a seeded per-class
 ``test_fraction`` of the (subset) train images is held out as the test split.
-Images are resized (shorter side) and centre-cropped to ``image_size``.
+Images are resized (shorter side) and centre-cropped to ``image_size``; with
+``dataset.store_size`` (larger), the train split is stored at that size, so training can
+draw random-resized crops (``train.crop``), and the test split and folder concepts are
+resized to ``store_size`` and centre-cropped to ``image_size``, the view every other stage
+sees of a stored training image (e.g. 256 -> 224, the usual ImageNet evaluation).
 
 ``load`` returns arrays (probe sets, tests). The base data stage uses ``split_files``
 and ``blocks`` instead: a pool of worker processes decodes blocks of images, at most a
@@ -31,11 +35,14 @@ class ImageDecodeError(ValueError):
     """An image file that cannot be decoded; the message names it."""
 
 
-def load_image(path, size: int) -> np.ndarray:
+def load_image(path, size: int, view: int | None = None) -> np.ndarray:
+    """The image resized (shorter side) and centre-cropped to ``size``; then centre-cropped
+    to ``view`` when given (the evaluation view of images stored larger than the model's
+    input: resize to 256, centre 224)."""
     try:
         with Image.open(path) as im:
             im.load()  # decode now: a truncated file fails here, named, not later
-            return _resize_crop(im.convert("RGB"), size)
+            return centre(_resize_crop(im.convert("RGB"), size), view)
     except Exception as e:
         raise ImageDecodeError(f"{path}: cannot decode image ({type(e).__name__}: {e}); "
                                f"fix or remove the file") from e
@@ -51,25 +58,34 @@ def _resize_crop(im, size: int) -> np.ndarray:
     return np.asarray(im.crop((left, top, left + size, top + size)), dtype=np.uint8)
 
 
-def load_images(paths, size: int, desc: str) -> np.ndarray:
-    out = np.empty((len(paths), size, size, 3), dtype=np.uint8)
+def centre(image: np.ndarray, view: int | None) -> np.ndarray:
+    """The central ``view`` x ``view`` pixels of an [H, W, 3] image (itself if None or as large)."""
+    if view is None or view >= image.shape[0]:
+        return image
+    top, left = (image.shape[0] - view) // 2, (image.shape[1] - view) // 2
+    return np.ascontiguousarray(image[top:top + view, left:left + view])
+
+
+def load_images(paths, size: int, desc: str, view: int | None = None) -> np.ndarray:
+    out = np.empty((len(paths), view or size, view or size, 3), dtype=np.uint8)
     for i, p in enumerate(tqdm(paths, desc=desc, mininterval=5)):
-        out[i] = load_image(p, size)
+        out[i] = load_image(p, size, view)
     return out
 
 
 def _decode_block(args) -> np.ndarray:
-    paths, size = args
-    out = np.empty((len(paths), size, size, 3), dtype=np.uint8)
+    paths, size, view = args
+    out = np.empty((len(paths), view or size, view or size, 3), dtype=np.uint8)
     for i, p in enumerate(paths):
-        out[i] = load_image(p, size)
+        out[i] = load_image(p, size, view)
     return out
 
 
-def blocks(paths, size: int, workers: int = 1, block: int = 64, desc: str = "images"):
-    """Decoded images of ``paths`` in order, as uint8 blocks of at most ``block`` images.
-    With ``workers`` > 1 a process pool decodes them, at most 2 x workers blocks ahead."""
-    chunks = [(list(paths[s:s + block]), size) for s in range(0, len(paths), block)]
+def blocks(paths, size: int, workers: int = 1, block: int = 64, desc: str = "images", view: int | None = None):
+    """Decoded images of ``paths`` in order, as uint8 blocks of at most ``block`` images
+    (``load_image(path, size, view)``). With ``workers`` > 1 a process pool decodes them,
+    at most 2 x workers blocks ahead."""
+    chunks = [(list(paths[s:s + block]), size, view) for s in range(0, len(paths), block)]
     bar = tqdm(total=len(paths), desc=desc, mininterval=5)
     if workers <= 1:
         for c in chunks:

@@ -78,8 +78,17 @@ def build(arch: dict) -> ScalableResNet18:
                             arch.get("mean", (0.5,) * 3), arch.get("std", (0.25,) * 3))
 
 
-def to_input(images_uint8) -> torch.Tensor:
-    """[N,H,W,3] uint8 (numpy or tensor) -> float [N,3,H,W] in [0, 1]."""
+def to_input(images_uint8, size: int | None = None) -> torch.Tensor:
+    """[N,H,W,3] uint8 (numpy or tensor) -> float [N,3,H,W] in [0, 1]; with ``size``, the
+    central size x size view of images stored larger (``dataset.store_size``)."""
     t = torch.as_tensor(images_uint8)
-    return t.permute(0, 3, 1, 2).float().div_(255.0)
+    return centre_crop(t.permute(0, 3, 1, 2).float().div_(255.0), size)
+
+
+def centre_crop(x: torch.Tensor, size: int | None) -> torch.Tensor:
+    """The central ``size`` x ``size`` pixels of [N,C,H,W] (``x`` itself if None or as large)."""
+    if size is None or size >= x.shape[-1]:
+        return x
+    top, left = (x.shape[-2] - size) // 2, (x.shape[-1] - size) // 2
+    return x[..., top:top + size, left:left + size]
 

@@ -10,6 +10,7 @@ every remaining image. Removing nothing reproduces the base run bit for bit.
 from __future__ import annotations
 
 import logging
+import math
 import time
 import warnings
 
@@ -22,7 +23,7 @@ from ..runtime import resolve_device
 from ..seeding import derive_seed, seed_everything
 from . import checkpoints
 from .loader import ImageSource, prefetch
-from .resnet import build, to_input
+from .resnet import build, centre_crop, to_input
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +36,31 @@ def epoch_draws(gen: torch.Generator, n: int, shift: int):
     oy = torch.randint(0, 2 * shift + 1, (n,), generator=gen)
     flip = torch.rand(n, generator=gen) < 0.5
     return order, ox, oy, flip
+
+
+def crop_draws(gen: torch.Generator, n: int) -> torch.Tensor:
+    """One epoch's random-resized-crop draws over all ``n`` base images, made after
+    ``epoch_draws`` (only when ``train.crop`` is random_resized, so the shift recipe's
+    stream is unchanged): [4, n] uniforms for area, aspect ratio, x and y position."""
+    return torch.rand((4, n), generator=gen)
+
+
+def random_resized(x: torch.Tensor, draws: torch.Tensor, size: int, scale) -> torch.Tensor:
+    """A crop of each [C, S, S] image covering ``scale`` (lo, hi) of its area with aspect
+    ratio 3/4..4/3 (log-uniform), clipped to the image, placed uniformly, and resized to
+    ``size`` x ``size`` by bilinear ROI averaging (torchvision's roi_align, 2x2 samples per
+    output pixel): batched, on x's device. ``draws``: the images' ``crop_draws`` columns."""
+    from torchvision.ops import roi_align
+
+    n, side = x.shape[0], x.shape[-1]
+    d = draws.to(device=x.device, dtype=torch.float32)
+    area = (scale[0] + d[0] * (scale[1] - scale[0])) * side * side
+    ratio = torch.exp(math.log(3 / 4) + d[1] * (math.log(4 / 3) - math.log(3 / 4)))
+    w = torch.sqrt(area * ratio).clamp(max=side)
+    h = torch.sqrt(area / ratio).clamp(max=side)
+    x0, y0 = d[2] * (side - w), d[3] * (side - h)
+    boxes = torch.stack([torch.arange(n, device=x.device, dtype=torch.float32), x0, y0, x0 + w, y0 + h], 1)
+    return roi_align(x, boxes, output_size=(size, size), spatial_scale=1.0, sampling_ratio=2, aligned=True)
 
 
 def kept_order(order: torch.Tensor, kept: np.ndarray) -> torch.Tensor:
@@ -150,10 +176,13 @@ def train_member(data_path, out_path, member: int, cfg: dict, train_indices=None
                                                 pct_start=warmup_fraction(total_steps), anneal_strategy="linear")
     gen = torch.Generator().manual_seed(seed)
     shift, flips = tcfg["augment_shift"], tcfg["augment_flip"]
+    crops, size = tcfg.get("crop", "shift") == "random_resized", info["image_size"]
     if spawn is not None:
         resume(model, opt, sched, spawn[0], start, done_steps, device)
         for _ in range(start):
             epoch_draws(gen, n_base, shift)
+            if crops:
+                crop_draws(gen, n_base)
     every = tcfg["checkpoint_every"]
     saved, momentum = {}, {}
     log.info("member %d: %d train images (%s), epochs %d..%d, device %s, %d threads", member, len(train_src),
@@ -171,10 +200,16 @@ def train_member(data_path, out_path, member: int, cfg: dict, train_indices=None
         model.train()
         t0, total, n = time.time(), torch.zeros((), device=device), 0
         order, ox, oy, flip = epoch_draws(gen, n_base, shift)
+        boxes = crop_draws(gen, n_base) if crops else None
         order = kept_order(order, kept)
         for base_idx, x, y in prefetch(batches(order)):
-            x = augment(to_input(x.to(device, non_blocking=True)), ox[base_idx], oy[base_idx],
-                        flip[base_idx] if flips else None, shift)
+            x = to_input(x.to(device, non_blocking=True))
+            if crops:
+                x = augment(random_resized(x, boxes[:, base_idx], size, tcfg["crop_scale"]), ox[base_idx],
+                            oy[base_idx], flip[base_idx] if flips else None, 0)
+            else:   # the centre view of images stored larger, shifted
+                x = augment(centre_crop(x, size), ox[base_idx], oy[base_idx], flip[base_idx] if flips else None,
+                            shift)
             if cuda:
                 x = x.contiguous(memory_format=torch.channels_last)
             y = y.to(device, non_blocking=True)
