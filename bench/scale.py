@@ -1,7 +1,8 @@
 """Does any job's memory grow with the training set? Peak RSS per stage at n and 4n.
 
 Generates an ImageFolder tree of 256 px JPEGs at two sizes (n and 4n training images),
-stored at 224 px like config/imagenet10p.yaml (full-width ResNet-18, ImageNet stem), and
+stored at 256 px and cropped to 224 (random-resized crops in training) like
+config/imagenet10p.yaml (full-width ResNet-18, ImageNet stem), and
 runs the workflow's own jobs on each: the exact commands Snakemake plans for the base
 ensemble's TRAK enrichment and one top-k set (`snakemake -n -p`), one at a time, each
 measured with wait4 (peak RSS of the job and any worker it waited for). Every job gets a
@@ -34,7 +35,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 CLASSES = 8
 GROWS_WITH_N = {"featurize", "gather", "score", "ablate"}   # their outputs are [n, k], [T, n] or index lists
-IMAGE_MB_PER_1K = 224 * 224 * 3 * 1000 / 2 ** 20           # 143.6 MB: what holding 1,000 stored images costs
+IMAGE_MB_PER_1K = 256 * 256 * 3 * 1000 / 2 ** 20           # 187.5 MB: what holding 1,000 stored images costs
 
 
 def make_tree(root: Path, n_train: int, seed: int = 0) -> None:
@@ -55,12 +56,14 @@ def make_tree(root: Path, n_train: int, seed: int = 0) -> None:
 def config(root: Path, threads: int, device: str) -> dict:
     return {
         "experiment": "scale", "seed": 0,
-        "dataset": {"name": "imagefolder", "root": str(root), "image_size": 224, "subset_fraction": 1.0},
+        "dataset": {"name": "imagefolder", "root": str(root), "image_size": 224, "store_size": 256,
+                    "subset_fraction": 1.0},
         "concepts": [{"name": "first", "kind": "classes", "classes": [0, 1]}],
         "probe_set": {"size": 64, "heldout_fraction": 0.3},
         "model": {"arch": "resnet18", "width": 64},
         "ensemble": {"size": 1},
-        "train": {"epochs": 1, "batch_size": 32, "lr": 0.1, "checkpoint_every": 0, "device": device},
+        "train": {"epochs": 1, "batch_size": 32, "lr": 0.1, "checkpoint_every": 0, "device": device,
+                  "crop": "random_resized"},
         "layers": ["layer3", "layer4"],
         "activations": {"batch_size": 32, "device": device},
         "probes": {"Cs": [1.0], "path_points": 4},

@@ -11,6 +11,11 @@ Rows (ms per step, best of --steps after one warm-up step, and the ratio to the 
                 augmentation, cross-entropy with label smoothing, SGD with Nesterov and
                 weight decay, the scheduler step (its output memory format: see below)
   augment_only  the augmentation alone
+  train_rrc     the train path with random-resized crops from --store px images (train.crop
+                random_resized; the preset: 256 -> 224)
+  rrc_only      the random-resized crop alone
+  first_step    the first step of a fresh model (warm-up), train path; an epoch of N
+                steps pays it once
 """
 from __future__ import annotations
 
@@ -21,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from workflow.model.resnet import build, to_input
-from workflow.model.train import augment
+from workflow.model.train import augment, random_resized
 
 
 def best_ms(step, steps: int) -> float:
@@ -42,6 +47,7 @@ def main(argv=None) -> None:
     ap.add_argument("--width", type=int, default=64)
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--shift", type=int, default=16)
+    ap.add_argument("--store", type=int, default=256)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -63,6 +69,15 @@ def main(argv=None) -> None:
         if scheduler:
             sched.step()
 
+    xs = torch.randint(0, 255, (b, args.store, args.store, 3), dtype=torch.uint8)
+    boxes = torch.rand((4, b), generator=torch.Generator().manual_seed(0))
+
+    def rrc():
+        return augment(random_resized(to_input(xs), boxes, s, (0.08, 1.0)), ox, oy, flip, 0)
+
+    t0 = time.perf_counter()
+    fit(augment(to_input(xb), ox, oy, flip, args.shift), 0.1, True)
+    first = 1000 * (time.perf_counter() - t0)
     x_cl = to_input(xb)
     x_nchw = x_cl.contiguous()
     aug = augment(to_input(xb), ox, oy, flip, args.shift)
@@ -71,6 +86,9 @@ def main(argv=None) -> None:
         "floor_nchw": best_ms(lambda: fit(to_input(xb).contiguous()), args.steps),
         "train_path": best_ms(lambda: fit(augment(to_input(xb), ox, oy, flip, args.shift), 0.1, True), args.steps),
         "augment_only": best_ms(lambda: augment(to_input(xb), ox, oy, flip, args.shift), args.steps),
+        "train_rrc": best_ms(lambda: fit(rrc(), 0.1, True), args.steps),
+        "rrc_only": best_ms(rrc, args.steps),
+        "first_step": first,
     }
     print(f"input strides: to_input {tuple(x_cl.stride())} (channels_last: "
           f"{x_cl.is_contiguous(memory_format=torch.channels_last)}), augment output channels_last: "

@@ -153,6 +153,10 @@ def test_base_rows_in_any_order_with_repeats_and_a_grid_of_a_small_set(tmp_path)
     idx = [5, 1, 5, 0, 6, 1]
     xi, yi = artifacts.base_split(tmp_path / "base.h5", "train", idx)
     assert np.array_equal(xi, x[idx]) and np.array_equal(yi, y[idx])
+    with h5py.File(tmp_path / "base.h5") as f:                  # runs, gaps, repeats, nothing
+        for rows in ([0, 1, 2, 5, 6], [3], [1, 1, 4], [0, 2, 4, 6], list(range(7)), []):
+            got = artifacts.read_rows(f["train/images"], np.asarray(rows, np.int64))
+            assert got.shape == (len(rows), 32, 32, 3) and np.array_equal(got, x[rows])
     names = artifacts.base_info(tmp_path / "base.h5")["class_names"]
     grid_png(tmp_path / "base.h5", names, np.linspace(1, -1, 7), tmp_path / "grid.png", "seven images")
     assert (tmp_path / "grid.png").stat().st_size > 5000

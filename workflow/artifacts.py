@@ -123,7 +123,20 @@ def base_split(path, split: str, indices=None):
             return g["images"][()], g["labels"][()].astype(np.int64)
         # h5py reads strictly increasing indices: read each row once, then repeat and reorder
         rows, inv = np.unique(np.asarray(indices, dtype=np.int64), return_inverse=True)
-        return g["images"][rows][inv], g["labels"][rows][inv].astype(np.int64)
+        return read_rows(g["images"], rows)[inv], g["labels"][()][rows][inv].astype(np.int64)
+
+
+def read_rows(ds, rows: np.ndarray) -> np.ndarray:
+    """``ds[rows]`` for sorted ``rows``, read run by run of consecutive rows into one
+    array. h5py's own fancy indexing builds a point selection that took 830 ms for 32 rows
+    of 256 px images; this takes 3-5 ms (bench: a batch of 32 random rows of 384)."""
+    out = np.empty((len(rows),) + tuple(ds.shape[1:]), ds.dtype)
+    if len(rows) == 0:
+        return out
+    cut = np.flatnonzero(np.diff(rows) != 1) + 1
+    for a, b in zip(np.concatenate([[0], cut]), np.concatenate([cut, [len(rows)]])):
+        ds.read_direct(out, np.s_[rows[a]:rows[a] + (b - a)], np.s_[a:b])
+    return out
 
 
 class BaseReader:
@@ -144,7 +157,7 @@ class BaseReader:
         if len(idx) == 0:
             return np.zeros((0,) + tuple(self.shape[1:]), np.uint8)
         uniq, inv = np.unique(idx, return_inverse=True)
-        return self._f[self.split]["images"][uniq][inv]
+        return read_rows(self._f[self.split]["images"], uniq)[inv]
 
     def close(self) -> None:
         if self._f is not None:
@@ -178,7 +191,7 @@ def probe_set(path, images: bool = True) -> dict:
 
 def probe_set_images(path, indices) -> np.ndarray:
     with reading(path) as f:
-        return f["images"][np.sort(np.asarray(indices))] if len(indices) else f["images"][:0]
+        return read_rows(f["images"], np.sort(np.asarray(indices, dtype=np.int64)))
 
 
 def concept_truth(path, split: str = "train"):
