@@ -184,7 +184,7 @@ def test_imagefolder_stored_larger_than_the_crop(tmp_path):
     val0 = sorted((tmp_path / "tree" / "val" / "apple").iterdir())[0]
     assert np.array_equal(x_test[0], load_image(val0, 40)[4:36, 4:36])
     train0 = sorted((tmp_path / "tree" / "train" / "apple").iterdir())[0]
-    assert np.array_equal(to_input(x_train[:1], 32)[0], to_input(load_image(train0, 40)[None, 4:36, 4:36])[0])
+    assert np.array_equal(to_input(x_train[:1], 32)[0], to_input(np.array(load_image(train0, 40)[None, 4:36, 4:36]))[0])
     concept = {"name": "c", "kind": "folders", "positives": str(tmp_path / "tree" / "concept" / "positives"),
                "negatives": str(tmp_path / "tree" / "concept" / "negatives")}
     data.build_probe_set(completed({**cfg, "probe_set": {"size": 8}}), concept, tmp_path / "base.h5",
