@@ -136,10 +136,9 @@ def build_probe_set(cfg: dict, concept: dict, base_path, out_path) -> None:
         for key, lst in (("positives", pos), ("negatives", neg)):
             if not lst:
                 raise FileNotFoundError(f"concepts.{concept['name']}.{key}: no images in {concept[key]}")
-        size, store = d["image_size"], store_size(d)
-        view = size if store > size else None                   # the test split's view
-        images = np.concatenate([imagefolder.load_images(pos, store, "positives", view),
-                                 imagefolder.load_images(neg, store, "negatives", view)])
+        size, store = d["image_size"], store_size(d)            # the test split's view
+        images = np.concatenate([imagefolder.load_images(pos, store, "positives", size),
+                                 imagefolder.load_images(neg, store, "negatives", size)])
         lab01 = np.concatenate([np.ones(len(pos), np.int64), np.zeros(len(neg), np.int64)])
         images, lab01 = _balanced_from(images, lab01, n, rng)
     else:

@@ -176,7 +176,7 @@ def train_member(data_path, out_path, member: int, cfg: dict, train_indices=None
                                                 pct_start=warmup_fraction(total_steps), anneal_strategy="linear")
     gen = torch.Generator().manual_seed(seed)
     shift, flips = tcfg["augment_shift"], tcfg["augment_flip"]
-    crops, size = tcfg.get("crop", "shift") == "random_resized", info["image_size"]
+    crops, size = tcfg["crop"] == "random_resized", info["image_size"]
     if spawn is not None:
         resume(model, opt, sched, spawn[0], start, done_steps, device)
         for _ in range(start):
