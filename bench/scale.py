@@ -11,8 +11,9 @@ the file, as a preset job does when the split exceeds a quarter of its memory.
 
 Prints, per stage, the peak RSS at both sizes and their ratio; `grows_with_n` is true
 only for jobs whose own outputs grow with n (TRAK features and scores, ablation index
-lists). For training: img/s against a bare forward+backward+step floor on batches of
-the same shape, timed in this process with the same threads.
+lists). For training: the job's second epoch in img/s (steady state; the first pays the
+warm-up) against a bare forward+backward+step floor on batches of the same shape and
+layout (channels_last), timed in this process with the same threads right after the job.
 
     .venv/bin/python bench/scale.py [--n 128] [--threads 2] [--device cpu|cuda] [--json scale.json]
 """
@@ -62,8 +63,8 @@ def config(root: Path, threads: int, device: str) -> dict:
         "probe_set": {"size": 64, "heldout_fraction": 0.3},
         "model": {"arch": "resnet18", "width": 64},
         "ensemble": {"size": 1},
-        "train": {"epochs": 1, "batch_size": 32, "lr": 0.1, "checkpoint_every": 0, "device": device,
-                  "crop": "random_resized"},
+        "train": {"epochs": 2, "batch_size": 32, "lr": 0.1, "checkpoint_every": 0, "device": device,
+                  "crop": "random_resized", "memory_format": "channels_last"},
         "layers": ["layer3", "layer4"],
         "activations": {"batch_size": 32, "device": device},
         "probes": {"Cs": [1.0], "path_points": 4},
@@ -100,7 +101,8 @@ def run_measured(cmd: str, wd: Path) -> tuple:
 
 
 def train_floor(threads: int, device: str, n: int, batch: int = 32) -> float:
-    """img/s of a bare forward + backward + SGD step of the same model on fixed batches."""
+    """img/s of a bare forward + backward + SGD step of the same model on fixed batches,
+    channels_last like the training job, after one warm-up step."""
     import torch
     import torch.nn.functional as F
 
@@ -109,11 +111,11 @@ def train_floor(threads: int, device: str, n: int, batch: int = 32) -> float:
     torch.set_num_threads(threads)
     dev = torch.device(device)
     model = build({"arch": "resnet18", "num_classes": CLASSES, "width": 64, "image_size": 224,
-                   "mean": [0.5] * 3, "std": [0.25] * 3}).to(dev).train()
+                   "mean": [0.5] * 3, "std": [0.25] * 3}).to(dev).train().to(memory_format=torch.channels_last)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     x = torch.randint(0, 255, (batch, 224, 224, 3), dtype=torch.uint8)
     y = torch.randint(0, CLASSES, (batch,))
-    xd, yd = to_input(x).to(dev), y.to(dev)
+    xd, yd = to_input(x).to(dev).contiguous(memory_format=torch.channels_last), y.to(dev)
     steps = max(2, n // batch)
     for i in range(steps + 1):
         if i == 1:
@@ -127,6 +129,14 @@ def train_floor(threads: int, device: str, n: int, batch: int = 32) -> float:
     if dev.type == "cuda":
         torch.cuda.synchronize()
     return steps * batch / (time.time() - t0)
+
+
+def floor_in_subprocess(threads: int, device: str, n: int) -> float:
+    """train_floor in a fresh process: this one stays small, since a forked job's peak RSS
+    starts from its parent's (Linux copies the high-water mark at fork)."""
+    out = subprocess.run([sys.executable, __file__, "--floor", str(n), "--threads", str(threads), "--device", device],
+                         capture_output=True, text=True, check=True).stdout
+    return float(out.split()[-1])
 
 
 def measure(n: int, threads: int, device: str, base: Path) -> dict:
@@ -145,13 +155,13 @@ def measure(n: int, threads: int, device: str, base: Path) -> dict:
         r["wall_s"] += wall
         r["jobs"] += 1
         print(f"  n={n} {stage:<13} peak {rss:8.1f} MB  {wall:6.1f} s", flush=True)
-    log = (wd / "logs" / "scale" / "base" / "train" / "m0.log").read_text()
-    epoch_s = float(re.search(r"epoch 1/1 loss \S+ \(([\d.]+)s\)", log).group(1))
-    n_train = int(re.search(r"member 0: (\d+) train images", log).group(1))
-    rows["train"]["img_per_s"] = n_train / epoch_s
-    feat = (wd / "logs" / "scale" / "base" / "featurize").glob("*.log")
+        if stage == "train":   # the floor right after the job, so both see the machine in the same state
+            log = (wd / "logs" / "scale" / "base" / "train" / "m0.log").read_text()
+            n_train = int(re.search(r"member 0: (\d+) train images", log).group(1))
+            epoch_s = float(re.search(r"epoch 2/2 loss \S+ \(([\d.]+)s\)", log).group(1))
+            r["img_per_s"] = n_train / epoch_s       # the second epoch: steady state, like the floor
+            r["floor_img_per_s"] = floor_in_subprocess(threads, device, n_train)
     rows["featurize"]["ms_per_img"] = 1000 * rows["featurize"]["wall_s"] / n_train
-    del feat
     return rows
 
 
@@ -162,11 +172,15 @@ def main(argv=None) -> None:
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--json", type=Path)
     ap.add_argument("--keep", type=Path, help="work here and keep it (default: a temporary folder)")
+    ap.add_argument("--floor", type=int, metavar="N", help=argparse.SUPPRESS)   # print the floor's img/s over N images
     args = ap.parse_args(argv)
+    if args.floor:
+        print(train_floor(args.threads, args.device, args.floor))
+        return
     with tempfile.TemporaryDirectory() as tmp:
         base = args.keep or Path(tmp)
         small, large = (measure(n, args.threads, args.device, base) for n in (args.n, 4 * args.n))
-        floor = train_floor(args.threads, args.device, 4 * args.n)
+    floor = large["train"]["floor_img_per_s"]
     out = []
     print(f"{'stage':<13} {'n':>5} {'4n':>5} {'peak MB (n)':>12} {'peak MB (4n)':>13} {'ratio':>6} "
           f"{'MB/1k img':>9} grows_with_n   (holding the images: {IMAGE_MB_PER_1K:.0f} MB/1k img)")

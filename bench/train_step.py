@@ -12,7 +12,9 @@ Rows (ms per step, best of --steps after one warm-up step, and the ratio to the 
                 weight decay, the scheduler step (its output memory format: see below)
   augment_only  the augmentation alone
   train_rrc     the train path with random-resized crops from --store px images (train.crop
-                random_resized; the preset: 256 -> 224)
+                random_resized; the preset: 256 -> 224), NCHW (train.memory_format contiguous)
+  train_rrc_cl  the same with channels_last batches (train.memory_format
+                channels_last, as the preset sets it)
   rrc_only      the random-resized crop alone
   first_step    the first step of a fresh model (warm-up), train path; an epoch of N
                 steps pays it once
@@ -87,6 +89,8 @@ def main(argv=None) -> None:
         "train_path": best_ms(lambda: fit(augment(to_input(xb), ox, oy, flip, args.shift), 0.1, True), args.steps),
         "augment_only": best_ms(lambda: augment(to_input(xb), ox, oy, flip, args.shift), args.steps),
         "train_rrc": best_ms(lambda: fit(rrc(), 0.1, True), args.steps),
+        "train_rrc_cl": best_ms(lambda: fit(rrc().contiguous(memory_format=torch.channels_last), 0.1, True),
+                                args.steps),
         "rrc_only": best_ms(rrc, args.steps),
         "first_step": first,
     }

@@ -141,9 +141,10 @@ def train_member(data_path, out_path, member: int, cfg: dict, train_indices=None
     draws of epochs 1..E are replayed so epochs E+1.. see the base run's stream.
     ``mem_mb``: the job's memory; the kept images are held in RAM only when they fit
     (``loader.ImageSource``), else read batch by batch. On CUDA, batches are pinned and
-    copied asynchronously, then converted and augmented on the device; the model runs
-    channels_last with cuDNN autotuning, under bf16 autocast when ``train.precision`` is
-    bf16. Returns the metrics stored with the checkpoint.
+    copied asynchronously, then converted and augmented on the device, with cuDNN
+    autotuning, under bf16 autocast when ``train.precision`` is bf16. The model and its
+    batches are channels_last when ``train.memory_format`` says so (auto: on CUDA).
+    Returns the metrics stored with the checkpoint.
     """
     tcfg, seed = cfg["train"], derive_seed(cfg["seed"], "member", member)
     seed_everything(seed)
@@ -158,9 +159,11 @@ def train_member(data_path, out_path, member: int, cfg: dict, train_indices=None
     train_src = ImageSource(data_path, "train", keep, mem_mb)
     test_src = ImageSource(data_path, "test", None, mem_mb)
     cuda = device.type == "cuda"
+    channels_last = tcfg["memory_format"] == "channels_last" or (tcfg["memory_format"] == "auto" and cuda)
     model = make_model(info, cfg["model"]).to(device)
     if cuda:
         torch.backends.cudnn.benchmark = True
+    if channels_last:
         model = model.to(memory_format=torch.channels_last)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda and tcfg["precision"] == "bf16")
     opt = torch.optim.SGD(parameter_groups(model, tcfg["weight_decay"], tcfg["decay_norms"]), lr=tcfg["lr"],
@@ -210,7 +213,7 @@ def train_member(data_path, out_path, member: int, cfg: dict, train_indices=None
             else:   # the centre view of images stored larger, shifted
                 x = augment(centre_crop(x, size), ox[base_idx], oy[base_idx], flip[base_idx] if flips else None,
                             shift)
-            if cuda:
+            if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             y = y.to(device, non_blocking=True)
             with autocast:
