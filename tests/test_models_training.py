@@ -140,6 +140,33 @@ def test_reading_batches_from_the_file_trains_the_same_weights_as_holding_the_sp
     assert np.array_equal(x, ref_x[[50, 2, 50, 95]]) and np.array_equal(y, ref_y[[50, 2, 50, 95]])
 
 
+def test_holding_the_split_on_the_device_trains_the_same_weights_as_holding_it_in_ram(tmp_path, monkeypatch):
+    """On a GPU with room the kept images are copied to the device and batches gathered
+    there. That path is run here on the CPU (hold_device patched to say the CPU has room):
+    the same weights bit for bit as the RAM-held run, and the same batches."""
+    import torch
+
+    from workflow.model import loader
+    from workflow.model.loader import ImageSource
+
+    assert loader.hold_device(1, "cpu") is None and loader.hold_device(1, None) is None   # only GPUs hold
+    tcfg = tiny_base(tmp_path)
+    keep = np.setdiff1d(np.arange(96), [3, 9, 60])
+    ram = train.train_member(tmp_path / "base.h5", tmp_path / "ram.h5", 0, tcfg, train_indices=keep)
+    monkeypatch.setattr(loader, "hold_device", lambda nbytes, device: torch.device("cpu"))
+    monkeypatch.setattr(loader, "BLOCK", 10)   # several blocks
+    src = ImageSource(tmp_path / "base.h5", "train", keep, mem_mb=0, device="cpu")
+    assert src.on_device and src.held and isinstance(src.x, torch.Tensor)
+    ref_x, ref_y = artifacts.base_split(tmp_path / "base.h5", "train")
+    x, y = src.device_batch([50, 2, 50, 95])
+    assert np.array_equal(x.numpy(), ref_x[[50, 2, 50, 95]]) and np.array_equal(y.numpy(), ref_y[[50, 2, 50, 95]])
+    assert np.array_equal(src.batch([95, 0])[0], ref_x[[95, 0]])
+    dev = train.train_member(tmp_path / "base.h5", tmp_path / "dev.h5", 0, tcfg, train_indices=keep, mem_mb=0)
+    _, a = artifacts.model_state(tmp_path / "ram.h5")
+    _, b = artifacts.model_state(tmp_path / "dev.h5")
+    assert all(np.array_equal(a[k], b[k]) for k in a) and ram == dev
+
+
 def test_random_resized_crop_samples_the_drawn_box():
     """On ramp images (value = column, or row, index) bilinear sampling is exact, so each
     output pixel must read the centre of its bin of the drawn box: position, size and
@@ -301,3 +328,23 @@ def test_training_on_cuda_learns_like_cpu(tmp_path):
     # clearly worse than the CPU one fails.
     assert metrics["cuda"]["final_loss"] < np.log(10) - 0.15
     assert metrics["cuda"]["final_loss"] < metrics["cpu"]["final_loss"] + 0.1
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_a_split_that_fits_the_gpu_is_held_there(tmp_path):
+    """On CUDA a small split is held on the device (no host copies per batch), its batches
+    are the file's bytes, and training from it gives a member that loads on the CPU."""
+    from workflow.model.loader import ImageSource
+
+    tcfg = tiny_base(tmp_path)
+    src = ImageSource(tmp_path / "base.h5", "train", np.arange(0, 96, 2), mem_mb=0, device="cuda")
+    assert src.on_device and src.x.device.type == "cuda"
+    x, y = src.device_batch([40, 2, 40])
+    ref_x, ref_y = artifacts.base_split(tmp_path / "base.h5", "train")
+    assert x.device.type == "cuda" and np.array_equal(x.cpu().numpy(), ref_x[[40, 2, 40]])
+    assert np.array_equal(y.cpu().numpy(), ref_y[[40, 2, 40]])
+    cfg = {**tcfg, "train": {**tcfg["train"], "device": "cuda"}}
+    metrics = train.train_member(tmp_path / "base.h5", tmp_path / "m.h5", 0, cfg, mem_mb=0)
+    assert metrics["n_train"] == 96 and np.isfinite(metrics["final_loss"])
+    assert next(checkpoints.load(tmp_path / "m.h5").parameters()).device.type == "cpu"

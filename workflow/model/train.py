@@ -139,9 +139,10 @@ def train_member(data_path, out_path, member: int, cfg: dict, train_indices=None
     ``spawn`` = (base model file, epoch E): start from the base member's weights and
     optimizer state after epoch E instead of from scratch (``ablation.spawn_epoch``); the
     draws of epochs 1..E are replayed so epochs E+1.. see the base run's stream.
-    ``mem_mb``: the job's memory; the kept images are held in RAM only when they fit
-    (``loader.ImageSource``), else read batch by batch. On CUDA, batches are pinned and
-    copied asynchronously, then converted and augmented on the device, with cuDNN
+    ``mem_mb``: the job's memory; the kept images are held on the GPU when they fit half
+    its free memory, else in RAM when they fit a quarter of ``mem_mb``
+    (``loader.ImageSource``), else read batch by batch. On CUDA, batches not gathered on
+    the device are pinned and copied asynchronously, then converted and augmented on the device, with cuDNN
     autotuning, under bf16 autocast when ``train.precision`` is bf16. The model and its
     batches are channels_last when ``train.memory_format`` says so (auto: on CUDA).
     Returns the metrics stored with the checkpoint.
@@ -156,7 +157,7 @@ def train_member(data_path, out_path, member: int, cfg: dict, train_indices=None
         raise ValueError(f"train_indices must be sorted, unique base indices in 0..{n_base - 1}")
     kept = np.zeros(n_base, bool)
     kept[keep] = True
-    train_src = ImageSource(data_path, "train", keep, mem_mb)
+    train_src = ImageSource(data_path, "train", keep, mem_mb, device=device)
     test_src = ImageSource(data_path, "test", None, mem_mb)
     cuda = device.type == "cuda"
     channels_last = tcfg["memory_format"] == "channels_last" or (tcfg["memory_format"] == "auto" and cuda)
@@ -189,12 +190,16 @@ def train_member(data_path, out_path, member: int, cfg: dict, train_indices=None
     every = tcfg["checkpoint_every"]
     saved, momentum = {}, {}
     log.info("member %d: %d train images (%s), epochs %d..%d, device %s, %d threads", member, len(train_src),
+             "held on " + str(train_src.device) if train_src.on_device else
              "held in RAM" if train_src.held else "read per batch", start + 1, epochs, device,
              torch.get_num_threads())
 
     def batches(order):
         for s in range(0, len(order), bs):
             base_idx = order[s:s + bs]
+            if train_src.on_device:   # gathered on the GPU: nothing to copy or prefetch
+                yield (base_idx, *train_src.device_batch(base_idx.numpy()))
+                continue
             xb, yb = train_src.batch(base_idx.numpy())
             x, y = torch.from_numpy(xb), torch.from_numpy(yb)
             yield base_idx, (x.pin_memory() if cuda else x), (y.pin_memory() if cuda else y)
@@ -205,7 +210,7 @@ def train_member(data_path, out_path, member: int, cfg: dict, train_indices=None
         order, ox, oy, flip = epoch_draws(gen, n_base, shift)
         boxes = crop_draws(gen, n_base) if crops else None
         order = kept_order(order, kept)
-        for base_idx, x, y in prefetch(batches(order)):
+        for base_idx, x, y in (batches(order) if train_src.on_device else prefetch(batches(order))):
             x = to_input(x.to(device, non_blocking=True))
             if crops:
                 x = augment(random_resized(x, boxes[:, base_idx], size, tcfg["crop_scale"]), ox[base_idx],
