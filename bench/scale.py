@@ -6,8 +6,9 @@ config/imagenet10p.yaml (full-width ResNet-18, ImageNet stem), and
 runs the workflow's own jobs on each: the exact commands Snakemake plans for the base
 ensemble's TRAK enrichment and one top-k set (`snakemake -n -p`), one at a time, each
 measured with wait4 (peak RSS of the job and any worker it waited for). Every job gets a
-small memory request (--mem-mb from `resources`), so the trainer reads its batches from
-the file, as a preset job does when the split exceeds a quarter of its memory.
+small memory request (--mem-mb from `resources`), so on the CPU the trainer reads its
+batches from the file, as a preset job does when the split exceeds a quarter of its
+memory (with --device cuda the split fits the GPU and is held there, as on an 80 GB GPU).
 
 Prints, per stage, the peak RSS at both sizes and their ratio; `grows_with_n` is true
 only for jobs whose own outputs grow with n (TRAK features and scores, ablation index
