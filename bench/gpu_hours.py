@@ -147,8 +147,10 @@ def main() -> None:
     jobs_now, cfg_now = planned_jobs(REPO / "Snakefile", preset_now)
     with tempfile.TemporaryDirectory() as tmp:
         old = Path(tmp) / "before"
-        subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", "-f", str(old), args.before],
-                       check=True, capture_output=True)
+        proc = subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", "-f", str(old), args.before],
+                              capture_output=True, text=True)
+        if proc.returncode:
+            sys.exit(f"--before {args.before}: cannot check it out ({proc.stderr.strip()}); a shallow clone lacks it")
         try:
             jobs_before, cfg_before = planned_jobs(old / "Snakefile", old / "config" / "imagenet10p.yaml")
         finally:
