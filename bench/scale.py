@@ -1,6 +1,7 @@
 """Does any job's memory grow with the training set? Peak RSS per stage at n and 4n.
 
-Generates an ImageFolder tree of 256 px JPEGs at two sizes (n and 4n training images),
+Generates an ImageFolder tree of 256 px JPEGs at two sizes (n and 4n training images,
+the same 192 val images),
 stored at 256 px and cropped to 224 (random-resized crops in training) like
 config/imagenet10p.yaml (full-width ResNet-18, ImageNet stem), and
 runs the workflow's own jobs on each: the exact commands Snakemake plans for the base
@@ -38,6 +39,11 @@ REPO = Path(__file__).resolve().parents[1]
 CLASSES = 8
 GROWS_WITH_N = {"featurize", "gather", "score", "ablate"}   # their outputs are [n, k], [T, n] or index lists
 IMAGE_MB_PER_1K = 256 * 256 * 3 * 1000 / 2 ** 20           # 187.5 MB: what holding 1,000 stored images costs
+# The val split is the same at both sizes, so only the training set grows. It once grew as
+# n // 8: the probe sets (drawn from it) and the TRAK target count grew with it, and the
+# score job's per-example gradient batch (~80 MB per target at 224 px) showed as a 1.3x
+# "growth" at 384 vs 1536 images that had nothing to do with the training set.
+N_VAL = CLASSES * 24        # 48 images of the concept's 2 classes: a full 64-image probe set
 
 
 def make_tree(root: Path, n_train: int, seed: int = 0) -> None:
@@ -45,7 +51,7 @@ def make_tree(root: Path, n_train: int, seed: int = 0) -> None:
     from PIL import Image
 
     rng = np.random.default_rng(seed)
-    for split, n in (("train", n_train), ("val", max(CLASSES * 8, n_train // 8))):
+    for split, n in (("train", n_train), ("val", N_VAL)):
         for i in range(n):
             c = i % CLASSES
             d = root / split / f"class{c:02d}"
