@@ -84,7 +84,7 @@ def featurize(model_path, data_path, out_paths: dict, member: int, shard: int, c
     checkpoint's model, so a job's work grows with its checkpoints, not its reads."""
     tcfg = cfg["trak"]
     setups = {ckpt: setup(model_path, ckpt, member, tcfg) for ckpt in out_paths}
-    device = next(next(iter(setups.values()))[0].parameters()).device
+    device = resolve_device(tcfg["device"])                 # where setup put every model
     info = artifacts.base_info(data_path)
     n_train, size = info["n_train"], info["image_size"]
     idx = shard_indices(n_train, shard, tcfg["shards"])

@@ -71,16 +71,16 @@ class Ensemble:
         self.cuda = self.device is not None and self.device.type == "cuda"
         self.acc, self.otl, self.n = {}, None, 0
 
-    def add(self, x, grads: dict, out_to_loss) -> None:
+    def _float64(self, a):
+        """``a`` as float64 where the products run: a CUDA tensor, else a numpy array."""
         if self.cuda:
-            x = torch.as_tensor(np.asarray(x)).to(self.device, torch.float64)
-        else:
-            x = np.asarray(x, np.float64)
+            return torch.as_tensor(np.asarray(a)).to(self.device, torch.float64)
+        return np.asarray(a, np.float64)
+
+    def add(self, x, grads: dict, out_to_loss) -> None:
+        x = self._float64(x)
         for key, g in grads.items():
-            if self.cuda:
-                kernel = x @ torch.as_tensor(np.asarray(g)).to(self.device, torch.float64).T
-            else:
-                kernel = x @ np.asarray(g, np.float64).T
+            kernel = x @ self._float64(g).T
             self.acc[key] = kernel if key not in self.acc else self.acc[key] + kernel
         self.otl = np.asarray(out_to_loss, np.float64) if self.otl is None else self.otl + out_to_loss
         self.n += 1
