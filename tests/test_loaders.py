@@ -5,6 +5,7 @@ import pickle
 import h5py
 import numpy as np
 import pytest
+import torch
 import yaml
 from PIL import Image
 
@@ -57,7 +58,10 @@ def test_synthetic_base_and_probe_sets(tmp_path):
         assert f["train/images"].shape == (50, 32, 32, 3) and f["test/labels"].shape == (20,)
         assert f["train/planted"].dtype == bool
         assert json.loads(f.attrs["config"]) == cfg
-        assert "torch" in json.loads(f.attrs["versions"])
+        versions = json.loads(f.attrs["versions"])
+        assert versions["torch"] == torch.__version__.split("+")[0] or versions["torch"] == torch.__version__
+        # the CPU kernels torch dispatched to: weights differ between AVX2 and AVX512
+        assert versions["torch_cpu_capability"] == torch.backends.cpu.get_cpu_capability()
     pcfg = {**cfg, "probe_set": {"size": 40, "heldout_fraction": 0.25}}
     for concept in ({"name": "curved", "kind": "classes", "classes": ["circle", 1]}, {"name": "hilo", "kind": "planted"}):
         out = tmp_path / f"probe_{concept['name']}.h5"

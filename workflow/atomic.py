@@ -11,6 +11,7 @@ import contextlib
 import json
 import os
 import platform
+import sys
 from pathlib import Path
 
 import h5py
@@ -34,6 +35,11 @@ def versions() -> dict:
             out[dist] = md.version(dist)
         except md.PackageNotFoundError:  # pragma: no cover - optional distributions
             pass
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        # torch picks its CPU kernels by the CPU's vector ISA (AVX2, AVX512, ...), and
+        # trained weights differ between them: the same bytes need the same capability.
+        out["torch_cpu_capability"] = torch.backends.cpu.get_cpu_capability()
     return out
 
 
