@@ -4,12 +4,14 @@
 #                          -> ablate -> train/activations/probes again per condition
 #                          -> validate (the counterfactual check) -> compare -> report_html.
 # The workflow package must be installed (`make venv` does it: pip install -e .).
+import sys
 from pathlib import Path
 
 import yaml
 
 from snakemake.utils import min_version
 from workflow.config import merge, resolve
+from workflow import rerun
 
 min_version("9.0")
 
@@ -22,6 +24,10 @@ if not workflow.config_settings.configfiles:
 _resolved = resolve(config)
 config.clear()
 config.update(_resolved)
+# Jobs inherit the user's command line: a corrupt intermediate's error prints it with
+# --forcerun <file>, which rebuilds the file and everything downstream of it.
+if workflow.is_main_process:
+    rerun.record(sys.argv)
 
 
 include: "rules/common.smk"

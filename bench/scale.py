@@ -109,20 +109,24 @@ def run_measured(cmd: str, wd: Path) -> tuple:
 
 def train_floor(threads: int, device: str, n: int, batch: int = 32) -> float:
     """img/s of a bare forward + backward + SGD step of the same model on fixed batches,
-    channels_last like the training job, after one warm-up step."""
+    in the layout the training job uses (``layout.use_channels_last``: channels_last on CUDA
+    only), after one warm-up step."""
     import torch
     import torch.nn.functional as F
 
+    from workflow.model.layout import use_channels_last
     from workflow.model.resnet import build, to_input
 
     torch.set_num_threads(threads)
     dev = torch.device(device)
     model = build({"arch": "resnet18", "num_classes": CLASSES, "width": 64, "image_size": 224,
-                   "mean": [0.5] * 3, "std": [0.25] * 3}).to(dev).train().to(memory_format=torch.channels_last)
+                   "mean": [0.5] * 3, "std": [0.25] * 3}).to(dev).train()
+    fmt = torch.channels_last if use_channels_last("channels_last", dev.type) else torch.contiguous_format
+    model = model.to(memory_format=fmt)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     x = torch.randint(0, 255, (batch, 224, 224, 3), dtype=torch.uint8)
     y = torch.randint(0, CLASSES, (batch,))
-    xd, yd = to_input(x).to(dev).contiguous(memory_format=torch.channels_last), y.to(dev)
+    xd, yd = to_input(x).to(dev).contiguous(memory_format=fmt), y.to(dev)
     steps = max(2, n // batch)
     for i in range(steps + 1):
         if i == 1:

@@ -277,3 +277,36 @@ def test_broken_images_are_named(tmp_path, damage):
     path.write_bytes(b"not an image at all" if damage == "garbage" else raw[: len(raw) // 2])
     with pytest.raises(ImageDecodeError, match=f"{path}: cannot decode image"):
         load_image(path, 32)
+
+
+@pytest.mark.parametrize("kind", ["synthetic", "cifar10", "imagefolder"])
+def test_data_stages_read_only_keys_of_the_dataset_slice(tmp_path, kind):
+    """The data stages get dataset_slice's keys and nothing else (rules/common.smk): each
+    dataset kind builds its base file and a probe set from the slice alone, so no stage can
+    read a key the slice drops (cifar10 once read ``download``, which the slice dropped)."""
+    from workflow.config import dataset_slice
+
+    if kind == "cifar10":
+        write_cifar(tmp_path / "cifar")
+        dataset = {"name": "cifar10", "root": str(tmp_path / "cifar")}
+        concept = {"name": "vehicles", "kind": "classes", "classes": ["automobile", "truck"]}
+    elif kind == "imagefolder":
+        write_tree(tmp_path / "tree")
+        dataset = {"name": "imagefolder", "root": str(tmp_path / "tree")}
+        concept = {"name": "thing", "kind": "folders", "positives": str(tmp_path / "tree" / "concept" / "positives"),
+                   "negatives": str(tmp_path / "tree" / "concept" / "negatives")}
+    else:
+        dataset = {"name": "synthetic", "synthetic": {"n_train": 40, "n_test": 20}}
+        concept = {"name": "hilo", "kind": "planted"}
+    full = resolve({"experiment": "x", "dataset": dataset, "concepts": [concept]})
+    sliced = {"seed": full["seed"], "dataset": dataset_slice(full)}
+    assert set(sliced["dataset"]) < set(full["dataset"])            # the slice does drop keys
+    data.build_base(sliced, tmp_path / "base.h5")
+    data.build_probe_set({**sliced, "probe_set": {"size": 12, "heldout_fraction": 0.25}}, concept,
+                         tmp_path / "base.h5", tmp_path / "probe.h5")
+    with h5py.File(tmp_path / "probe.h5") as f:
+        assert len(f["labels"]) == 12
+    if kind == "cifar10":   # download: true reaches the stage; false is the slice's absence, read as false
+        assert "download" not in sliced["dataset"]
+        on = resolve({"experiment": "x", "dataset": {**dataset, "download": True}, "concepts": [concept]})
+        assert dataset_slice(on)["download"] is True

@@ -214,24 +214,55 @@ def test_random_resized_twin_is_paired_and_zero_removal_is_bit_for_bit(tmp_path)
     assert all(torch.equal(u, v) for u, v in zip(a, b))                       # crops draw after, never before
 
 
-def test_channels_last_training_is_deterministic_paired_and_learns_like_nchw(tmp_path):
-    """train.memory_format channels_last on the CPU (the preset's setting): the same config
-    gives the same bytes, zero removal reproduces the base run, and the run matches the
-    NCHW one up to float reassociation; auto on the CPU is the NCHW run, byte for byte."""
-    tcfg = tiny_base(tmp_path)
-    cl = {**tcfg, "train": {**tcfg["train"], "memory_format": "channels_last"}}
-    nchw = {**tcfg, "train": {**tcfg["train"], "memory_format": "contiguous"}}
+def test_channels_last_is_refused_on_the_cpu_and_trains_nchw_byte_for_byte(tmp_path, caplog):
+    """The CPU guard (workflow.model.layout): torch's CPU channels_last training crashes on AVX2
+    kernels below 8 channels and gives inexact gradients, so a channels_last request trains
+    NCHW on the CPU, byte for byte, and says so in the log; auto never picks it on the CPU."""
+    from workflow.model import layout
+
+    assert layout.use_channels_last("auto", "cuda") and layout.use_channels_last("channels_last", "cuda")
+    assert not layout.use_channels_last("contiguous", "cuda")
+    assert not any(layout.use_channels_last(f, "cpu") for f in ("auto", "channels_last", "contiguous"))
+    tcfg = tiny_base(tmp_path)                                                       # width 2: crashed before
     runs = {}
-    for name, cfg, keep in (("cl", cl, None), ("cl_again", cl, None), ("cl_none", cl, np.arange(96)),
-                            ("nchw", nchw, None), ("auto", tcfg, None)):
-        metrics = train.train_member(tmp_path / "base.h5", tmp_path / f"{name}.h5", 0, cfg, train_indices=keep)
-        runs[name] = (metrics, artifacts.model_state(tmp_path / f"{name}.h5")[1])
-    same = lambda a, b: all(np.array_equal(runs[a][1][k], runs[b][1][k]) for k in runs[a][1])  # noqa: E731
-    assert same("cl", "cl_again") and same("cl", "cl_none") and same("nchw", "auto")
-    assert all(runs["cl"][1][k].flags.c_contiguous for k in runs["cl"][1])          # stored as plain arrays
-    # 6 steps at width 2: the layouts' reassociation moved weights by at most 8e-4 and the loss by 4e-4
-    assert max(np.abs(runs["cl"][1][k] - runs["nchw"][1][k]).max() for k in runs["cl"][1]) < 2e-3
-    assert abs(runs["cl"][0]["final_loss"] - runs["nchw"][0]["final_loss"]) < 2e-3
+    for fmt in ("channels_last", "contiguous", "auto"):
+        cfg = {**tcfg, "train": {**tcfg["train"], "memory_format": fmt}}
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="workflow.model.layout"):
+            train.train_member(tmp_path / "base.h5", tmp_path / f"{fmt}.h5", 0, cfg)
+        assert ("training contiguous (NCHW) on the CPU instead" in caplog.text) == (fmt == "channels_last")
+        runs[fmt] = artifacts.model_state(tmp_path / f"{fmt}.h5")[1]
+    for fmt in ("channels_last", "auto"):
+        assert all(np.array_equal(runs[fmt][k], runs["contiguous"][k]) for k in runs[fmt])
+
+
+def test_cpu_channels_last_gradients_are_what_the_guard_says(tmp_path):
+    """Why the guard exists, measured on this machine's kernels: NCHW gradients of one step
+    match float64 to 1e-4 of each tensor's largest entry; channels_last ones are reported
+    (the guard holds whatever they are; this prints the figure for the docs)."""
+    from workflow.model.resnet import build
+
+    torch.manual_seed(0)
+    arch = {"arch": "resnet18", "num_classes": 10, "width": 8, "image_size": 32}
+    state = build(arch).state_dict()
+    x, y = torch.rand(32, 3, 32, 32), torch.randint(0, 10, (32,))
+    grads = {}
+    for name in ("f64", "nchw", "cl"):
+        m = build(arch)
+        m.load_state_dict(state)
+        xx = x
+        if name == "f64":
+            m, xx = m.double(), x.double()
+        if name == "cl":
+            m, xx = m.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
+        F.cross_entropy(m(xx), y).backward()
+        grads[name] = {k: p.grad.double() for k, p in m.named_parameters()}
+
+    def worst(name):
+        return max(float((grads[name][k] - g).abs().max() / g.abs().max()) for k, g in grads["f64"].items())
+
+    print(f"largest relative gradient error vs float64: nchw {worst('nchw'):.1e}, channels_last {worst('cl'):.1e}")
+    assert worst("nchw") < 1e-4
 
 
 def test_spawned_twin_resumes_the_base_run_bit_for_bit(tmp_path):

@@ -360,7 +360,17 @@ def test_probe_stage_gives_the_same_bytes_twice(tiny_run, tmp_path):
         assert np.array_equal(a["sparsity_k"][()], b["sparsity_k"][()])   # and equal to the workflow's run
 
 
-def test_a_truncated_intermediate_is_named_with_how_to_rebuild_it(tiny_run, tmp_path):
+def results_bytes(wd) -> dict:
+    """{path under results/: bytes} of a run."""
+    root = Path(wd, "results")
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_a_truncated_intermediate_is_named_and_the_printed_command_rebuilds_it(tiny_run, tmp_path):
+    """Followed as a user would: truncate a base model, rerun as before, copy the command the
+    error prints, run it, and every file under results/ is byte-identical to the clean run's
+    (the model and everything downstream of it were rebuilt, nothing was left stale)."""
+    import shlex
     import shutil
 
     wd = tmp_path / "copy"
@@ -368,13 +378,21 @@ def test_a_truncated_intermediate_is_named_with_how_to_rebuild_it(tiny_run, tmp_
     model = wd / "results" / "tiny" / "base" / "models" / "m0.h5"
     raw = model.read_bytes()
     model.write_bytes(raw[: len(raw) // 2])
-    target = "results/tiny/base/activations/m0/hilo.h5"
-    proc = run_snakemake(wd, "--cores", "1", target, check=False)
+    proc = run_snakemake(wd, "--cores", "2", check=False)
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0
-    # the console names the file, says it was not used and how to rebuild it
-    assert re.search(r"results/tiny/base/models/m0\.h5: corrupt or truncated HDF5 file, not used .*"
-                     r"rm results/tiny/base/models/m0\.h5", out), out[-3000:]
-    model.unlink()                                      # what the message says to do
-    run_snakemake(wd, "--cores", "2", target)
-    assert model.stat().st_size == len(raw)
+    # the console names the file, says it was not used and prints the command that rebuilds it
+    m = re.search(r"results/tiny/base/models/m0\.h5: corrupt or truncated HDF5 file, not used .*"
+                  r"rebuild it and everything downstream of it with: (.*--forcerun results/tiny/base/models/m0\.h5)$",
+                  out, re.M)
+    assert m, out[-3000:]
+    printed = m.group(1)
+    assert shlex.split(printed)[:len(snakemake_cmd(wd))] == snakemake_cmd(wd)   # the user's own command line
+    assert "--cores 2" in printed
+    proc = subprocess.run(printed, shell=True, cwd=wd, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    assert model.read_bytes() == raw
+    clean, rebuilt = results_bytes(tiny_run), results_bytes(wd)
+    assert clean.keys() == rebuilt.keys()
+    assert [k for k in clean if clean[k] != rebuilt[k]] == []
+    assert "Nothing to be done" in run_snakemake(wd, "-n", "--cores", "1").stdout

@@ -22,7 +22,10 @@ class CorruptFileError(OSError):
 
 
 def rebuild_hint(path) -> str:
-    return f"delete it and rerun snakemake to rebuild it (rm {path})"
+    """How to rebuild ``path`` and what depends on it: a command to type as printed."""
+    from .rerun import command
+
+    return f"rebuild it and everything downstream of it with: {command(path)}"
 
 
 def versions() -> dict:

@@ -68,8 +68,8 @@ def main(argv=None) -> int:
         text = run(job)
     except Exception as e:  # one line for the console, the traceback for the log
         traceback.print_exc()
-        where = f" (log: {a.log})" if a.log else ""
-        print(f"{a.stage} failed: {type(e).__name__}: {e}{where}", file=console)
+        where = f" (log: {a.log})" if a.log else ""   # before the message, which may end in a command to copy
+        print(f"{a.stage} failed{where}: {type(e).__name__}: {e}", file=console)
         return 1
     if text:
         print(text)

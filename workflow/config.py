@@ -177,7 +177,10 @@ def rule_resources(config: dict, family: str, device=None) -> dict:
 
 
 def dataset_slice(config: dict) -> dict:
-    """Only the dataset keys that affect the chosen dataset (others may change freely)."""
+    """Only the dataset keys that affect the chosen dataset (others may change freely).
+
+    The data stages get this slice and nothing else, so every key they read is here; an
+    optional key is absent when it has its default (the stages read it with that default)."""
     d = config["dataset"]
     keep = {"synthetic": ("name", "image_size", "synthetic"),
             "cifar10": ("name", "image_size", "root"),
@@ -185,4 +188,6 @@ def dataset_slice(config: dict) -> dict:
     out = {k: d[k] for k in keep if k in d}
     if d["name"] == "imagefolder" and d.get("store_size") is not None:
         out["store_size"] = d["store_size"]          # absent when unset: older results stay valid
+    if d["name"] == "cifar10" and d.get("download"):
+        out["download"] = True                       # absent when false: a local tree's results stay valid
     return out

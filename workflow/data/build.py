@@ -25,7 +25,7 @@ def load_base(cfg: dict) -> dict:
         te = synthetic.generate(s["n_test"], seed, "test", s["planted_fraction"], d["image_size"])
         return {"train": tr, "test": te, "class_names": list(synthetic.CLASS_NAMES)}
     if name == "cifar10":
-        return cifar10.load(d["root"], d["download"])
+        return cifar10.load(d["root"], d.get("download", False))   # absent from the slice when false
     if name == "imagefolder":
         return imagefolder.load(d["root"], d["image_size"], d["subset_fraction"], d["test_fraction"],
                                 seeded_rng(seed, "imagefolder-subset"))

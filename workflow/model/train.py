@@ -22,6 +22,7 @@ from .. import artifacts
 from ..runtime import resolve_device
 from ..seeding import derive_seed, seed_everything
 from . import checkpoints
+from .layout import use_channels_last
 from .loader import ImageSource, prefetch
 from .resnet import build, centre_crop, to_input
 
@@ -144,7 +145,8 @@ def train_member(data_path, out_path, member: int, cfg: dict, train_indices=None
     (``loader.ImageSource``), else read batch by batch. On CUDA, batches not gathered on
     the device are pinned and copied asynchronously, then converted and augmented on the device, with cuDNN
     autotuning, under bf16 autocast when ``train.precision`` is bf16. The model and its
-    batches are channels_last when ``train.memory_format`` says so (auto: on CUDA).
+    batches are channels_last on CUDA when ``train.memory_format`` is auto or
+    channels_last; the CPU always trains contiguous (``layout`` says why).
     Returns the metrics stored with the checkpoint.
     """
     tcfg, seed = cfg["train"], derive_seed(cfg["seed"], "member", member)
@@ -160,8 +162,8 @@ def train_member(data_path, out_path, member: int, cfg: dict, train_indices=None
     train_src = ImageSource(data_path, "train", keep, mem_mb, device=device)
     test_src = ImageSource(data_path, "test", None, mem_mb)
     cuda = device.type == "cuda"
-    channels_last = tcfg["memory_format"] == "channels_last" or (tcfg["memory_format"] == "auto" and cuda)
     model = make_model(info, cfg["model"]).to(device)
+    channels_last = use_channels_last(tcfg["memory_format"], device.type)
     if cuda:
         torch.backends.cudnn.benchmark = True
     if channels_last:
