@@ -15,7 +15,7 @@ Prints, per stage, the peak RSS at both sizes and their ratio; `grows_with_n` is
 only for jobs whose own outputs grow with n (TRAK features and scores, ablation index
 lists). For training: the job's second epoch in img/s (steady state; the first pays the
 warm-up) against a bare forward+backward+step floor on batches of the same shape and
-layout (channels_last), timed with the same threads in a fresh process right after the job.
+layout (channels_last on CUDA, NCHW on the CPU as the trainer), timed with the same threads in a fresh process right after the job.
 
     .venv/bin/python bench/scale.py [--n 128] [--threads 2] [--device cpu|cuda] [--json scale.json]
 """

@@ -9,27 +9,11 @@ import torch
 import yaml
 from PIL import Image
 
-from conftest import REPO, completed
+from conftest import CIFAR_NAMES, REPO, completed, write_cifar
 
 from workflow.config import ConfigError, resolve, schema
 from workflow.data import build as data
 from workflow.data.imagefolder import ImageDecodeError, load_image
-
-CIFAR_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
-
-
-def write_cifar(root, per_batch=20, n_test=40):
-    folder = root / "cifar-10-batches-py"
-    folder.mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    for name, n in [(f"data_batch_{i}", per_batch) for i in range(1, 6)] + [("test_batch", n_test)]:
-        batch = {"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8), "labels": [i % 10 for i in range(n)]}
-        with open(folder / name, "wb") as fh:
-            pickle.dump(batch, fh)
-    with open(folder / "batches.meta", "wb") as fh:
-        pickle.dump({"label_names": CIFAR_NAMES}, fh)
-    return batch
-
 
 def write_tree(root, classes=("apple", "bee", "cat"), n_train=10, n_val=3):
     rng = np.random.default_rng(0)

@@ -236,6 +236,16 @@ def test_channels_last_is_refused_on_the_cpu_and_trains_nchw_byte_for_byte(tmp_p
         assert all(np.array_equal(runs[fmt][k], runs["contiguous"][k]) for k in runs[fmt])
 
 
+def test_the_cpu_kernels_are_the_ones_asked_for():
+    """make test's second pass asks for AVX2 kernels (ATEN_CPU_CAPABILITY): torch must use them."""
+    import os
+
+    asked = os.environ.get("ATEN_CPU_CAPABILITY")
+    if asked is None:
+        pytest.skip("ATEN_CPU_CAPABILITY not set (make test's AVX2 pass sets it)")
+    assert torch.backends.cpu.get_cpu_capability().lower() == asked.lower()
+
+
 def test_cpu_channels_last_gradients_are_what_the_guard_says(tmp_path):
     """Why the guard exists, measured on this machine's kernels: NCHW gradients of one step
     match float64 to 1e-4 of each tensor's largest entry; channels_last ones are reported
