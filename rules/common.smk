@@ -176,7 +176,7 @@ def ablation_params(condition):
     design = ABLATIONS[condition]
     if design["kind"] in ("top", "bottom"):
         return {"design": design, "layers": LAYERS if design["layer"] == "location" else [design["layer"]]}
-    if design["kind"] == "random":
+    if design["kind"] in ("random", "matched"):
         return {"design": design, "seed": config["seed"]}
     return {"design": design}
 
@@ -206,6 +206,8 @@ def ablate_inputs(w):
         layers = LAYERS if design["layer"] == "location" else [design["layer"]]
         files["probes"] = f"{RESULTS}/base/probes/{design['concept']}.h5"  # the location
         files["scores"] = keyed(f"{RESULTS}/base/trak/scores/{design['concept']}/{{layer}}.h5", layer=layers)
-    elif design["kind"] == "oracle":
+    elif design["kind"] in ("oracle", "matched"):
         files["probe_set"] = f"{RESULTS}/data/probe_{design['concept']}.h5"  # the ground truth
+        if design["kind"] == "matched":
+            files["top"] = f"{RESULTS}/ablation/{design['top']}.h5"          # its k' and layer
     return files

@@ -48,6 +48,7 @@ REPORT_OUTPUTS = {
     "scores": f"{REPORT}/scores.png",
     "enrichment": f"{REPORT}/enrichment.png",
     "curves": f"{REPORT}/curves.png",
+    "forest": f"{REPORT}/forest.png",
     "grids": keyed(f"{REPORT}/top_bottom_{{concept}}.png", concept=CONCEPTS),
 }
 
@@ -63,6 +64,7 @@ rule report_html:
         enrichment=report(REPORT_OUTPUTS["enrichment"], caption="../captions/enrichment.rst",
                           category="Attribution"),
         curves=report(REPORT_OUTPUTS["curves"], caption="../captions/curves.rst", category="Validation"),
+        forest=report(REPORT_OUTPUTS["forest"], caption="../captions/forest.rst", category="Validation"),
         grids=report(leaves(REPORT_OUTPUTS["grids"]), caption="../captions/top_bottom.rst", category="Attribution"),
     params:
         cfg=lambda w: as_json({"concepts": CONCEPTS, "layers": LAYERS,

@@ -86,7 +86,7 @@ rule score:
         stage_cmd("score")
 
 
-TRAK_REPORT_INPUTS = {"summary": SUMMARY, "data": BASE,
+TRAK_REPORT_INPUTS = {"summary": SUMMARY, "data": BASE, "probe_sets": keyed(PROBE_SET, concept=CONCEPTS),
                       "scores": keyed(SCORES, concept=CONCEPTS, layer=LAYERS),
                       "enrichment": keyed(ENRICHMENT, concept=CONCEPTS, layer=LAYERS)}
 TRAK_REPORT_OUTPUTS = {"table": f"{RESULTS}/{{condition}}/trak/enrichment.json",

@@ -20,6 +20,8 @@ rule validate:
     params:
         cfg=lambda w: as_json({"confidence": config["compare"]["confidence"], "designs": ABLATIONS,
                                "measure": config["compare"]["validate_measure"],
+                               "margin_fraction": config["compare"]["margin_fraction"],
+                               "margin_absolute": config["compare"]["margin_absolute"],
                                "layers": config["ablation"]["layers"]}),
         files=stage_files(VALIDATE_INPUTS, VALIDATE_OUTPUTS),
         code=code_digest("validate"),

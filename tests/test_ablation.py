@@ -126,3 +126,32 @@ def test_make_writes_every_kind_and_top_uses_the_location_layer(tmp_path):
     r = artifacts.ablation(tmp_path / "random.h5")
     assert len(r["removed"]) == 40 and len(r["keep"]) == N - 40
     assert not list(tmp_path.glob(".*tmp*"))
+
+
+def test_matched_control_draws_only_concept_images_as_many_as_the_top_k_holds_with_a_seed():
+    truth = np.random.default_rng(1).random(N) < 0.3
+    top = ablation.top_k(scores(), 40)
+    design = {"kind": "matched", "concept": "c", "layer": "location", **SIZE, "top": "top-c"}
+    removed, removed_scores, reason = ablation.build(design, N, CFG, truth=truth, top_removed=top)
+    k_prime = int(truth[top].sum())
+    assert 0 < k_prime < 40 and len(removed) == k_prime == len(np.unique(removed))
+    assert truth[removed].all() and removed_scores is None and "matched control" in reason
+    again, _, _ = ablation.build(design, N, CFG, truth=truth, top_removed=top)
+    other, _, _ = ablation.build(design, N, {**CFG, "seed": 4}, truth=truth, top_removed=top)
+    assert np.array_equal(removed, again) and not np.array_equal(removed, other)
+    # nested across sizes: a larger top-k's matched set contains the smaller one's
+    bigger, _, _ = ablation.build(design, N, CFG, truth=truth, top_removed=ablation.top_k(scores(), 120))
+    assert np.isin(removed, bigger).all()
+    with pytest.raises(ValueError, match="ground truth"):
+        ablation.build(design, N, CFG, truth=None, top_removed=top)
+
+
+def test_matched_conditions_exist_only_for_concepts_with_ground_truth():
+    config = {"ablation": {"top_k": None, "fractions": [0.08, 0.02], "concepts": None, "layers": ["location"],
+                           "controls": ["random", "matched"]},
+              "concepts": [{"name": "a", "kind": "classes"}, {"name": "f", "kind": "folders"}]}
+    conds = ablation.conditions(config)
+    assert conds["matched-a"] == {"kind": "matched", "concept": "a", "layer": "location", "fraction": 0.08,
+                                  "top_k": None, "top": "top-a"}
+    assert conds["matched-a@0.02"]["top"] == "top-a@0.02"
+    assert not any(n.startswith("matched-f") for n in conds)

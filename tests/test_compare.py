@@ -19,8 +19,8 @@ def test_no_change_reads_unchanged():
     c = compare.compare_concept(BASE, BASE, LAYERS, 0.95)
     v = compare.verdict(c, True, "")
     assert not v["any_change"]
-    assert v["text"].startswith("location unchanged: layer2 -> layer2; sparsity unchanged: 5 -> 5 "
-                                "(diff +0.0 [+0.0, +0.0], detectable >= 0.0)")
+    assert v["text"].startswith("location unchanged: layer2 -> layer2; sparsity unchanged: 5.3 -> 5.3 "
+                                "(diff +0.0 [-1.0, +1.0], sign-flip p 1.00, detectable >= 1.3)")
     assert all(r["acc_delta"]["point"] == 0 and r["acc_delta"]["lo"] == r["acc_delta"]["hi"] == 0
                for r in c["per_layer"])
 
@@ -34,13 +34,26 @@ def test_a_noisy_null_states_what_it_could_have_detected():
     assert mde > 5                                   # 3 members with this spread cannot see small changes
 
 
-def test_a_clear_move_and_a_sparser_concept_are_called_changes():
-    moved = summary([[0.5, 0.6, 0.7, 0.9], [0.5, 0.61, 0.72, 0.92], [0.5, 0.6, 0.71, 0.91]],
-                    [[2, 3, 1, 9], [2, 3, 2, 9], [2, 4, 1, 8]])
-    c = compare.compare_concept(BASE, moved, LAYERS, 0.95)
+def test_a_clear_move_and_a_sparser_concept_are_called_changes_with_enough_members():
+    """Every member's location moves up one layer and its sparsity k drops by 4: integer ties.
+    3 members cannot establish that (the exact sign-flip test's smallest p is 0.25); 8 can."""
+    moved_rows = ([[0.5, 0.6, 0.7, 0.9], [0.5, 0.61, 0.72, 0.92], [0.5, 0.6, 0.71, 0.91]],
+                  [[2, 3, 1, 9], [2, 3, 2, 9], [2, 4, 1, 8]])
+    c = compare.compare_concept(BASE, summary(*moved_rows), LAYERS, 0.95)
     assert c["location_base"] == "layer2" and c["location_cond"] == "layer3"
     shift = c["location_shift"]
-    assert shift["point"] == shift["lo"] == shift["hi"] == 1.0 and shift["mde"] == 0
+    assert shift["point"] == 1.0 and shift["lo"] < 1.0 < shift["hi"] and shift["p_sign_flip"] == 0.25
+    v = compare.verdict(c, True, "")
+    assert not v["location_changed"] and not v["sparsity_changed"] and v["accuracy_changed"]
+    assert "location moved, not significantly: layer2 -> layer3" in v["text"]
+
+    def times(rows, n):
+        return [rows[i % len(rows)] for i in range(n)]
+
+    base8 = summary(times(BASE["acc_per_member"], 8), times(BASE["sparsity_k_per_member"], 8))
+    moved8 = summary(times(moved_rows[0], 8), times(moved_rows[1], 8))
+    c = compare.compare_concept(base8, moved8, LAYERS, 0.95)
+    assert c["location_shift"]["p_sign_flip"] == 2 / 256
     v = compare.verdict(c, True, "")
     assert v["location_changed"] and v["sparsity_changed"] and v["accuracy_changed"]
     assert "location changed: layer2 -> layer3" in v["text"] and "sparsity changed" in v["text"]

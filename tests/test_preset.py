@@ -85,5 +85,6 @@ def test_imagenet_preset_runs_end_to_end_on_a_tiny_tree(tmp_path):
     verdicts = (res / "compare" / "verdicts.txt").read_text()
     assert all(c in verdicts for c in concepts)
     assert json.loads((res / "validate" / "snakes.json").read_text())
-    assert "supported" in (res / "validate" / "snakes.txt").read_text()
+    assert (res / "validate" / "snakes.txt").read_text().startswith(("snakes: SUPPORTED", "snakes: NO EFFECT",
+                                                                     "snakes: INCONCLUSIVE"))
     assert (res / "report" / "index.html").stat().st_size > 0

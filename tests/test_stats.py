@@ -59,3 +59,39 @@ def test_under_a_real_effect_the_mde_is_the_80_percent_power_point():
     mde = (stats._st.t.ppf(0.975, members - 1) + stats._st.t.ppf(0.8, members - 1)) * sd / math.sqrt(members)
     called = np.mean([stats.t_interval(r.normal(mde, sd, members))["changed"] for _ in range(4000)])
     assert 0.72 <= called <= 0.86, called              # about 80% power at the MDE (t approximation)
+
+
+def test_sign_flip_p_is_exact():
+    assert stats.sign_flip_p([-1, -1, -1]) == pytest.approx(2 / 8)      # the smallest p 3 members can reach
+    assert stats.sign_flip_p([0, 0]) == 1.0
+    assert stats.sign_flip_p([-1] * 6) == pytest.approx(2 / 64)
+    assert stats.sign_flip_p([2, -1, 1]) == pytest.approx(6 / 8)         # 6 of 8 sign patterns reach |sum| >= 2
+
+
+def test_integer_ties_are_not_called_changed_by_a_collapsed_interval():
+    """On the tiny config with 2 members the old interval said 'sparsity changed: 3 -> 2
+    (diff -1.0 [-1.0, -1.0])': a tie collapsed the t-interval to a point."""
+    old = stats.paired([2, 2], [3, 3])
+    assert old["lo"] == old["hi"] == -1 and old["changed"]               # what the plain t-interval does
+    new = stats.paired_integer([2, 2], [3, 3])
+    assert not new["changed"] and new["lo"] < -1 < 0 < new["hi"] and new["mde"] > 1
+    big = stats.paired_integer([10] * 8, [3] * 8)                        # 8 members all +7: a real shift
+    assert big["changed"] and big["p_sign_flip"] == pytest.approx(2 / 256)
+
+
+@pytest.mark.parametrize("members", [2, 3, 5, 8])
+def test_under_no_effect_with_tied_integer_differences_at_most_5_percent_are_called_changed(members):
+    """Simulated null for an integer measure: each member's value is a noisy continuous quantity
+    rounded to an integer, paired base/twin, no effect. Many differences tie (mostly 0 or +-1)."""
+    r = np.random.default_rng(100 + members)
+    n_sim = 3000
+    calls_new, ties = [], 0
+    for _ in range(n_sim):
+        latent = r.normal(5, 2, members)
+        base = np.round(latent + r.normal(0, 0.3, members))
+        cond = np.round(latent + r.normal(0, 0.3, members))
+        calls_new.append(stats.paired_integer(cond, base)["changed"])
+        ties += len(np.unique(cond - base)) == 1
+    rate = np.mean(calls_new)
+    assert rate <= 0.05 + 3 * math.sqrt(0.05 * 0.95 / n_sim), rate
+    assert ties / n_sim > (0.1 if members <= 3 else 0.02)   # the simulation does produce all-tied members

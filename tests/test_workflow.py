@@ -18,7 +18,7 @@ CONCEPTS = [c["name"] for c in TINY["concepts"]]
 MEMBERS = range(TINY["ensemble"]["size"])
 LAYERS = TINY["layers"]
 N_CKPT, N_SHARDS = len(TINY["trak"]["checkpoints"]), TINY["trak"]["shards"]
-CONDITIONS = ["top-hilo", "bottom-hilo", "random", "oracle-hilo"]  # tiny.yaml ablates hilo only
+CONDITIONS = ["top-hilo", "bottom-hilo", "random", "oracle-hilo", "matched-hilo"]  # tiny.yaml ablates hilo only
 N_COND = 1 + len(CONDITIONS)
 
 
@@ -120,18 +120,20 @@ EDITS = {
     # probes move the location, so the top-k set is rebuilt and its condition retrained
     "probe edit: probes everywhere, the top-k condition, not other training": (
         ("probes", "sparsity_threshold", 0.9),
-        plus({"probes": C * N_COND, "summarize": N_COND, "score": 1, "trak_report": 1, "ablate": 2},
-             retrain(2), {"probes": -2 * C, "summarize": -2}, REPORT, VALIDATE)),
+        plus({"probes": C * N_COND, "summarize": N_COND, "score": 1, "trak_report": 1, "ablate": 3},
+             retrain(3), {"probes": -3 * C, "summarize": -3}, REPORT, VALIDATE)),
     "training edit: every condition and TRAK, not data or the random/oracle sets": (
         ("train", "epochs", 3),
-        plus(retrain(N_COND), TRAK, {"ablate": 2}, REPORT, VALIDATE)),
-    "TRAK target edit: scoring and the top-k and bottom-k conditions": (
+        plus(retrain(N_COND), TRAK, {"ablate": 3}, REPORT, VALIDATE)),
+    "TRAK target edit: scoring and the top-k, bottom-k and matched conditions": (
         ("trak", "max_targets", 5),
-        plus({"score": 1, "trak_report": 1, "ablate": 2}, retrain(2), REPORT, VALIDATE)),
-    "projector edit: features, scores and the top-k and bottom-k conditions": (
-        ("trak", "layer_dim", 4096), plus(TRAK, {"ablate": 2}, retrain(2), REPORT, VALIDATE)),
-    "ablation size: the top-k, bottom-k and random conditions, not the oracle": (
-        ("ablation", "fractions", [0.1]), plus({"ablate": 3}, retrain(3), REPORT, VALIDATE)),
+        plus({"score": 1, "trak_report": 1, "ablate": 3}, retrain(3), REPORT, VALIDATE)),
+    "projector edit: features, scores and the top-k, bottom-k and matched conditions": (
+        ("trak", "layer_dim", 4096), plus(TRAK, {"ablate": 3}, retrain(3), REPORT, VALIDATE)),
+    "ablation size: the top-k, bottom-k, random and matched conditions, not the oracle": (
+        ("ablation", "fractions", [0.1]), plus({"ablate": 4}, retrain(4), REPORT, VALIDATE)),
+    "equivalence margin: validate and the report only": (("compare", "margin_fraction", 0.5),
+                                                         plus({"report_html": 1, "all": 1}, VALIDATE)),
     "interval level: validate, compare and report only": (("compare", "confidence", 0.9), plus(REPORT, VALIDATE)),
     "thread count: nothing": (("threads", "probes", 2), {}),
     "spawn epoch: the retrained twins, not the base run": (
@@ -221,7 +223,10 @@ def test_ablated_conditions_are_retrained_with_the_base_seeds(tiny_run):
     assert len(sets["top-hilo"]) == len(sets["bottom-hilo"]) == len(sets["random"]) == k
     assert not np.intersect1d(sets["top-hilo"], sets["bottom-hilo"]).size
     with h5py.File(res / "data" / "probe_hilo.h5") as f:
-        assert np.array_equal(sets["oracle-hilo"], np.flatnonzero(f["train_concept_mask"][()]))
+        truth = f["train_concept_mask"][()]
+        assert np.array_equal(sets["oracle-hilo"], np.flatnonzero(truth))
+    # matched: as many of the concept's own images as the top-k holds
+    assert truth[sets["matched-hilo"]].all() and len(sets["matched-hilo"]) == truth[sets["top-hilo"]].sum()
     verdicts = (res / "compare" / "verdicts.txt").read_text()
     for cond in CONDITIONS:
         assert f"{cond}:" in verdicts
@@ -265,7 +270,8 @@ def test_validate_writes_every_field_and_predicts_minus_the_sum_of_removed_score
             assert np.isclose(c["predicted"]["selectivity"], by_hand.mean() - neg.mean())
             assert -1 <= c["agreement"]["pearson"] <= 1 or np.isnan(c["agreement"]["pearson"])
         if concept in TINY["ablation"]["concepts"]:
-            names = {f"top-{concept} - random", f"top-{concept} - bottom-{concept}"}
+            names = {f"top-{concept} - random", f"top-{concept} - bottom-{concept}",
+                     f"top-{concept} - matched-{concept}"}
             assert set(lr["contrasts"]) == names
             for cst in lr["contrasts"].values():
                 for key in ("output_targets", "selectivity", "bal_acc", "auc"):
@@ -277,16 +283,27 @@ def test_validate_writes_every_field_and_predicts_minus_the_sum_of_removed_score
             assert main["selectivity"] == stats.paired(top["per_member"]["selectivity"],
                                                       rnd["per_member"]["selectivity"])
             verdict = v["verdict"]
-            assert verdict["measure"] == "selectivity" and isinstance(verdict["supported"], bool)
-            assert ("UNDERPOWERED" in verdict["text"]) == verdict["underpowered"]
+            assert verdict["measure"] == "selectivity"
+            assert verdict["outcome"] in ("supported", "no effect", "inconclusive")
+            assert verdict["text"].startswith(f"{concept}: {verdict['outcome'].upper()}")
+            assert set(verdict["contrasts"]) == {"random", "matched"}
+            with h5py.File(res / "ablation" / f"top-{concept}.h5") as f:
+                top = f["removed"][()]
+            with h5py.File(res / "data" / f"probe_{concept}.h5") as f:
+                truth = f["train_concept_mask"][()]
+            assert v["doses"]["top"] == truth[top].sum() and v["doses"]["oracle"] == truth.sum()
+            d = v["doses"]
+            by_hand = (0.25 * abs(v["positive_control"]["selectivity"]["point"]) * abs(d["top"] - d["random"])
+                       / abs(d["oracle"] - d["random"]))
+            assert np.isclose(verdict["margin"]["value"], by_hand)
             assert set(v["positive_control"]) == {"output_targets", "selectivity", "bal_acc"}
             assert {p["condition"] for pts in v["curves"].values() for p in pts} == \
                 {f"top-{concept}", f"bottom-{concept}", "random"}
         else:
-            assert lr["contrasts"] == {} and v["verdict"]["supported"] is None
+            assert lr["contrasts"] == {} and v["verdict"]["outcome"] is None
 
 
-REPORT_SECTIONS = ["verdicts", "validation", "curves", "training", "accuracy", "sparsity", "scores", "enrichment",
+REPORT_SECTIONS = ["answer", "verdicts", "validation", "curves", "training", "accuracy", "sparsity", "scores", "enrichment",
                    "images", "config"]
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync"]
@@ -324,7 +341,7 @@ def test_report_has_every_section_and_no_broken_image_in_chromium(tiny_run, tmp_
     report = tiny_run / "results" / "tiny" / "report"
     page = open_in_chromium(report / "index.html", tmp_path / "report.png")
     assert page["sections"] == REPORT_SECTIONS
-    assert page["images"] == 5 + len(CONCEPTS) and page["broken"] == []
+    assert page["images"] == 6 + len(CONCEPTS) and page["broken"] == []
     for cond in CONDITIONS:
         assert cond in page["text"]
     assert "location" in page["text"] and "planted_fraction" in page["text"]  # verdicts and the config

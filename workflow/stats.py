@@ -9,6 +9,14 @@ m, so the unit of evidence is the per-member difference d_m. With M members:
 - minimal detectable effect (MDE): the smallest true mean difference a two-sided test at
   level 1 - c detects with probability ``POWER``, (t_{(1+c)/2, M-1} + t_{POWER, M-1}) *
   sd / sqrt(M). A constant difference has MDE 0; with one member nothing is detectable.
+
+Integer measures (probing sparsity k, the location's layer index) tie: when every member
+shifts by the same integer, the spread is 0 and a t-interval collapses to a point that
+calls any shift "changed", random removals included. ``paired_integer`` floors the spread
+at the rounding resolution, sqrt(1/6) (the sd of the difference of two values each rounded
+to an integer, a uniform error of +-0.5), and calls a change only when an exact sign-flip
+test agrees (p over all 2^M sign patterns of the differences; valid for any symmetric null,
+ties included: 3 members can never reach p < 0.05 there, whatever they show).
 """
 from __future__ import annotations
 
@@ -45,3 +53,37 @@ def paired(cond, base, confidence: float = 0.95) -> dict:
 def fmt(ci: dict, digits: int = 3, sign: bool = False) -> str:
     s = "+" if sign else ""
     return f"{ci['point']:{s}.{digits}f} [{ci['lo']:{s}.{digits}f}, {ci['hi']:{s}.{digits}f}]"
+
+
+RESOLUTION_SD = math.sqrt(1 / 6)
+
+
+def sign_flip_p(diffs) -> float:
+    """Two-sided exact sign-flip p-value of the mean of ``diffs`` (all 2^M patterns up to M = 20;
+    beyond, 2^20 seeded random patterns)."""
+    d = np.asarray(diffs, float)
+    m = len(d)
+    if m == 0 or np.all(d == 0):
+        return 1.0
+    if m <= 20:
+        signs = 1 - 2 * ((np.arange(2 ** m)[:, None] >> np.arange(m)) & 1)
+    else:
+        signs = np.random.default_rng(0).choice([-1, 1], size=(2 ** 20, m))
+    means = np.abs(signs @ d) / m
+    return float(np.mean(means >= abs(d.mean()) - 1e-12))
+
+
+def paired_integer(cond, base, confidence: float = 0.95) -> dict:
+    """``paired`` for integer measures: the spread floored at RESOLUTION_SD, and "changed" only when
+    the interval excludes 0 and the exact sign-flip p-value is at most 1 - confidence."""
+    d = np.asarray(cond, float) - np.asarray(base, float)
+    ci = t_interval(d, confidence)
+    if ci["n"] < 2:
+        return {**ci, "p_sign_flip": 1.0, "sd_floor": RESOLUTION_SD}
+    sd = max(ci["sd"], RESOLUTION_SD)
+    se = sd / math.sqrt(ci["n"])
+    t_c = float(_st.t.ppf((1 + confidence) / 2, ci["n"] - 1))
+    lo, hi = ci["point"] - t_c * se, ci["point"] + t_c * se
+    p = sign_flip_p(d)
+    return {**ci, "lo": lo, "hi": hi, "mde": (t_c + float(_st.t.ppf(POWER, ci["n"] - 1))) * se,
+            "changed": bool((lo > 0 or hi < 0) and p <= 1 - confidence), "p_sign_flip": p, "sd_floor": RESOLUTION_SD}

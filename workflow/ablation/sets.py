@@ -10,6 +10,12 @@ Conditions, each retrained paired with the base run (same seeds, order and augme
   sets are nested across sizes (the first k of one seeded permutation).
 - ``oracle-<concept>``: every training image that carries the concept by ground truth
   (synthetic planted concepts, class-group concepts): the positive control.
+- ``matched-<concept>``: k' training images drawn with a seed from the concept's own
+  training images (ground truth), where k' is the number of concept images in the top-k
+  set of the same size and layer. Top-k minus matched asks whether the attribution finds
+  exemplars that matter more than other exemplars of the concept (a concentrated concept)
+  or not (a diffuse one). Matched sets are nested across sizes (the first k' of one seeded
+  permutation of the concept's images).
 
 k is ``ablation.top_k`` if set, else ``round(fraction * n_train)`` for each fraction of
 ``ablation.fractions``. The first fraction is the main comparison (plain names); the
@@ -32,6 +38,7 @@ log = logging.getLogger(__name__)
 
 CONCEPT_KINDS_WITH_TRUTH = ("planted", "classes")
 SCORED = ("top", "bottom")
+KINDS = ("top", "bottom", "random", "oracle", "matched")
 
 
 def sizes(a: dict) -> list:
@@ -44,8 +51,9 @@ def sizes(a: dict) -> list:
 def conditions(config: dict) -> dict:
     """{condition name: design} for the ablation block of a resolved ``config``.
 
-    design = {"kind": "top"|"bottom"|"random"|"oracle", "concept": name|None,
-    "layer": layer|"location"|None, "fraction", "top_k"} (oracles have no size).
+    design = {"kind": "top"|"bottom"|"random"|"oracle"|"matched", "concept": name|None,
+    "layer": layer|"location"|None, "fraction", "top_k"} (oracles have no size; a matched
+    design also names its top-k condition, ``"top"``).
     """
     a = config["ablation"]
     concepts = {c["name"]: c for c in config["concepts"]}
@@ -59,6 +67,9 @@ def conditions(config: dict) -> dict:
                 for kind in ("top", "bottom"):
                     if kind == "top" or kind in controls:
                         out[f"{kind}-{stem}{suffix}"] = {"kind": kind, "concept": name, "layer": layer, **size_}
+                if "matched" in controls and concepts[name]["kind"] in CONCEPT_KINDS_WITH_TRUTH:
+                    out[f"matched-{stem}{suffix}"] = {"kind": "matched", "concept": name, "layer": layer, **size_,
+                                                      "top": f"top-{stem}{suffix}"}
         if "random" in controls:
             out[f"random{suffix}"] = {"kind": "random", "concept": None, "layer": None, **size_}
     if "oracle" in controls:
@@ -100,9 +111,26 @@ def oracle(truth: np.ndarray) -> np.ndarray:
     return np.flatnonzero(np.asarray(truth, bool))
 
 
-def build(design: dict, n_train: int, cfg: dict, scores=None, truth=None, location=None):
+def matched(truth: np.ndarray, top_removed: np.ndarray, seed: int, concept: str) -> np.ndarray:
+    """k' of the concept's training images, drawn with a seed, where k' is the number of concept
+    images among ``top_removed``: the first k' of one seeded permutation (nested across sizes)."""
+    truth = np.asarray(truth, bool)
+    k = int(truth[np.asarray(top_removed, np.int64)].sum())
+    members = np.flatnonzero(truth)
+    return np.sort(seeded_rng(seed, "ablation", "matched", concept).permutation(members)[:k])
+
+
+def build(design: dict, n_train: int, cfg: dict, scores=None, truth=None, location=None, top_removed=None):
     """(removed indices, their scores or None, reason) for one condition ``design``."""
     kind = design["kind"]
+    if kind == "matched":
+        if truth is None or len(truth) != n_train or top_removed is None:
+            raise ValueError(f"ablation {design}: need the ground truth of the {n_train} train images and the "
+                             f"top-k set {design['top']!r}")
+        removed = matched(truth, top_removed, cfg["seed"], design["concept"])
+        return removed, None, (f"{len(removed)} of the {int(np.sum(truth))} training images of {design['concept']!r}, "
+                               f"drawn at random (seed {cfg['seed']}): as many as {design['top']} holds (matched "
+                               f"control)")
     if kind in SCORED:
         k = size(n_train, design)
         if scores is None or len(scores) != n_train:
@@ -126,15 +154,16 @@ def build(design: dict, n_train: int, cfg: dict, scores=None, truth=None, locati
 
 
 def make(condition: str, cfg: dict, base_path, out_path, probes_path=None, score_paths=None,
-         probe_set_path=None) -> dict:
+         probe_set_path=None, top_path=None) -> dict:
     """Build and write the ablated set of ``condition`` (``cfg["design"]``).
 
     top: ``probes_path`` (base probes, for the location) and ``score_paths`` {layer: scores
-    file}; oracle: ``probe_set_path`` (its ground truth of the train images).
+    file}; oracle: ``probe_set_path`` (its ground truth of the train images); matched: that
+    and ``top_path``, the top-k set it matches.
     """
     design = cfg["design"]
     n_train = artifacts.base_info(base_path)["n_train"]
-    scores = truth = location = None
+    scores = truth = location = top_removed = None
     if design["kind"] in SCORED:
         layer = design["layer"]
         if layer == "location":
@@ -142,14 +171,17 @@ def make(condition: str, cfg: dict, base_path, out_path, probes_path=None, score
         if layer not in score_paths:
             raise ValueError(f"ablation {condition}: no scores for layer {layer!r} (have {list(score_paths)})")
         scores = artifacts.concept_scores(score_paths[layer])
-    elif design["kind"] == "oracle":
+    elif design["kind"] in ("oracle", "matched"):
         truth = artifacts.concept_truth(probe_set_path)
         if truth is None:
             raise ValueError(f"{probe_set_path}: no ground truth for {design['concept']!r}; "
-                             f"drop 'oracle' from ablation.controls")
-    removed, removed_scores, reason = build(design, n_train, cfg, scores, truth, location)
+                             f"drop {design['kind']!r} from ablation.controls")
+        if design["kind"] == "matched":
+            top = artifacts.ablation(top_path)
+            top_removed, location = top["removed"], top["layer"] or None
+    removed, removed_scores, reason = build(design, n_train, cfg, scores, truth, location, top_removed)
     artifacts.write_ablation(out_path, cfg, condition, design, n_train, removed, removed_scores, reason,
-                             layer=location or (design["layer"] if design["kind"] in SCORED else None))
+                             layer=location or (design["layer"] if design["kind"] in (*SCORED, "matched") else None))
     log.info("%s: %s; %d of %d kept", condition, reason, n_train - len(removed), n_train)
     return {"n_removed": len(removed), "reason": reason}
 
@@ -157,4 +189,4 @@ def make(condition: str, cfg: dict, base_path, out_path, probes_path=None, score
 def ablate_stage(job) -> None:
     i = job.input
     make(job.wildcards["condition"], job.params, i["data"], job.output["ablation"], probes_path=i.get("probes"),
-         score_paths=i.get("scores"), probe_set_path=i.get("probe_set"))
+         score_paths=i.get("scores"), probe_set_path=i.get("probe_set"), top_path=i.get("top"))

@@ -13,9 +13,10 @@ def top_bottom(scores: np.ndarray, n: int = 16):
     return order[:n], order[::-1][:n]
 
 
-def grid_png(data_path, class_names, scores, path, title: str, n: int = 16) -> None:
+def grid_png(data_path, class_names, scores, path, title: str, n: int = 16, truth=None) -> None:
     """Read only the 2n images shown (not the training set) and draw them with their scores.
-    A training set smaller than n shows every image in both halves."""
+    A training set smaller than n shows every image in both halves. ``truth`` (bool per
+    training image, where known): images that carry the concept get a yellow dot."""
     import matplotlib.pyplot as plt
 
     n = min(n, len(scores))
@@ -36,7 +37,11 @@ def grid_png(data_path, class_names, scores, path, title: str, n: int = 16) -> N
             for spine in ax.spines.values():
                 spine.set_edgecolor("tab:green" if name == "top" else "tab:red")
                 spine.set_linewidth(2)
-    fig.suptitle(f"{title}\ntop {n} (green) and bottom {n} (red) training images by concept score", fontsize=9)
+            if truth is not None and truth[i]:
+                ax.plot([0.12], [0.88], "o", transform=ax.transAxes, ms=6, mfc="gold", mec="black", mew=0.8)
+    legend = "" if truth is None else "; yellow dot: carries the concept by ground truth"
+    fig.suptitle(f"{title}\ntop {n} (green) and bottom {n} (red) training images by concept score{legend}",
+                 fontsize=9)
     fig.tight_layout()
     artifacts.save_figure(fig, path, dpi=120)
     plt.close(fig)
@@ -58,15 +63,17 @@ def enrichment_lines(concept: str, location: str, table: dict) -> list:
 
 
 def write(summary: dict, data_path, score_files: dict, enrichment_files: dict, out_json, out_txt,
-          grid_paths: dict) -> str:
-    """``score_files``/``enrichment_files``: {concept: {layer: path}}; ``grid_paths``: {concept: png}."""
+          grid_paths: dict, probe_sets: dict | None = None) -> str:
+    """``score_files``/``enrichment_files``: {concept: {layer: path}}; ``grid_paths``: {concept: png};
+    ``probe_sets``: {concept: probe set} (their ground truth marks the grids)."""
     class_names = artifacts.base_info(data_path)["class_names"]
     table, lines = {}, []
     for concept, png in grid_paths.items():
         loc = summary[concept]["location"]
         table[concept] = {layer: artifacts.read_json(p) for layer, p in enrichment_files[concept].items()}
         scores = artifacts.concept_scores(score_files[concept][loc])
-        grid_png(data_path, class_names, scores, png, f"concept {concept} at its location {loc}")
+        truth = artifacts.concept_truth(probe_sets[concept]) if probe_sets else None
+        grid_png(data_path, class_names, scores, png, f"concept {concept} at its location {loc}", truth=truth)
         lines += enrichment_lines(concept, loc, table[concept])
         table[concept]["location"] = loc
     text = "\n".join(lines)
@@ -78,4 +85,4 @@ def write(summary: dict, data_path, score_files: dict, enrichment_files: dict, o
 def trak_report_stage(job) -> str:
     i, o = job.input, job.output
     return write(artifacts.summary(i["summary"]), i["data"], i["scores"], i["enrichment"], o["table"], o["text"],
-                 o["grids"])
+                 o["grids"], i.get("probe_sets"))

@@ -5,7 +5,8 @@ and in probing sparsity. Members are paired (member m of a condition is the retr
 twin of base member m), so each comparison is a t-interval over the per-member
 differences (``workflow.stats``), with its minimal detectable effect: a change is called
 when the interval excludes zero, and every "unchanged" states the smallest change the
-design could have detected.
+design could have detected. The integer measures (sparsity k, the location's index) use
+``stats.paired_integer``, which stays valid when members tie.
 
 Every retrained ensemble's base-task test accuracy is checked first: on the test
 images without the condition's concept (which it may legitimately fail after losing
@@ -43,7 +44,7 @@ def compare_concept(base: dict, cond: dict, layers: list, confidence: float) -> 
             "acc_base": stats.t_interval(a_b[:, j], confidence), "acc_cond": stats.t_interval(a_c[:, j], confidence),
             "acc_delta": stats.paired(a_c[:, j], a_b[:, j], confidence),
             "k_base": stats.t_interval(k_b[:, j], confidence), "k_cond": stats.t_interval(k_c[:, j], confidence),
-            "k_delta": stats.paired(k_c[:, j], k_b[:, j], confidence),
+            "k_delta": stats.paired_integer(k_c[:, j], k_b[:, j], confidence),
         })
     # location: the ensemble's (argmax of the mean profile); its shift is tested on the
     # per-member locations, paired
@@ -52,7 +53,7 @@ def compare_concept(base: dict, cond: dict, layers: list, confidence: float) -> 
     return {
         "layers": layers,
         "location_base": layers[location_index(a_b)], "location_cond": layers[location_index(a_c)],
-        "location_shift": stats.paired(member_c, member_b, confidence),
+        "location_shift": stats.paired_integer(member_c, member_b, confidence),
         "per_layer": per_layer,
     }
 
@@ -77,8 +78,8 @@ def verdict(c: dict, ok: bool, acc_note: str) -> dict:
     kd, ad = row["k_delta"], row["acc_delta"]
     parts = [
         loc,
-        f"sparsity {'changed' if sp_changed else 'unchanged'}: {row['k_base']['point']:.0f} -> "
-        f"{row['k_cond']['point']:.0f} (diff {stats.fmt(kd, 1, True)}"
+        f"sparsity {'changed' if sp_changed else 'unchanged'}: {row['k_base']['point']:.1f} -> "
+        f"{row['k_cond']['point']:.1f} (diff {stats.fmt(kd, 1, True)}, sign-flip p {kd['p_sign_flip']:.2f}"
         + ("" if sp_changed else f", {_unchanged(kd, 1)}") + ")",
         f"accuracy at {c['location_base']} {'changed' if acc_changed else 'unchanged'}: "
         f"{row['acc_base']['point']:.3f} -> {row['acc_cond']['point']:.3f} (diff {stats.fmt(ad, 3, True)}"

@@ -1,6 +1,7 @@
 """Stage 9b: the static HTML report (results/<experiment>/report/index.html).
 
-Sections: verdicts, the validation of the attribution (the counterfactual check with its
+Sections: the answer (each concept's three-way verdict and a forest plot of its
+contrasts), verdicts, the validation of the attribution (the counterfactual check with its
 power) and the removal curves, base-task accuracy of every ensemble, accuracy vs depth
 and sparsity vs depth per condition (t-intervals over members), concept-score
 distributions, enrichment bars with their baselines, top/bottom image grids, and the
@@ -122,6 +123,9 @@ def curves_figure(validations: dict, path) -> None:
     fig, axes = plt.subplots(len(concepts), len(CURVE_PANELS), figsize=(17, 3.3 * len(concepts)), squeeze=False)
     for row, concept in zip(axes, concepts):
         v = validations[concept]
+        if max((len(p) for p in v["curves"].values()), default=0) <= 1:
+            _conditions_side_by_side(row, v, concept)
+            continue
         for ax, (key, title) in zip(row, CURVE_PANELS):
             for dodge, (kind, color) in zip((-0.015, 0.0, 0.015), (("top", "C3"), ("bottom", "C0"), ("random", "grey"))):
                 pts = [p for p in v["curves"].get(kind, []) if p.get(key) is not None]
@@ -144,28 +148,112 @@ def curves_figure(validations: dict, path) -> None:
     plt.close(fig)
 
 
+def forest_rows(v: dict) -> list:
+    """[(label, interval)] of a concept's decisive contrasts on the verdict's measure, at its
+    location: top - random, top - matched, and the positive control oracle - random."""
+    measure, loc = v["verdict"]["measure"], v["layers"][v["location"]]
+    rows = []
+    for name, c in loc["contrasts"].items():
+        if c["control_kind"] in ("random", "matched") and name.startswith(f"top-{v['concept']} "):
+            rows.append((f"top - {c['control_kind']}", c[measure]))
+    if v.get("positive_control"):
+        rows.append(("oracle - random (positive control)", v["positive_control"][measure]))
+    return rows
+
+
+def forest_figure(validations: dict, path) -> None:
+    """One panel per concept: each contrast's point and interval, the +-delta equivalence band
+    shaded and the detectable effect marked (x)."""
+    plt = _plt()
+    concepts = list(validations)
+    fig, axes = plt.subplots(1, len(concepts), figsize=(5.6 * len(concepts), 2.6), squeeze=False)
+    for ax, concept in zip(axes[0], concepts):
+        v = validations[concept]
+        rows = forest_rows(v)
+        verdict = v["verdict"]
+        delta = (verdict.get("margin") or {}).get("value")
+        if delta:
+            ax.axvspan(-delta, delta, color="tab:green", alpha=0.15, label=f"no-effect margin +-{delta:.3f}")
+        ax.axvline(0, color="black", lw=0.8)
+        for y, (label, ci) in enumerate(rows):
+            color = "grey" if label.startswith("oracle") else "C3"
+            ax.errorbar([ci["point"]], [y], xerr=[[ci["point"] - ci["lo"]], [ci["hi"] - ci["point"]]], fmt="o",
+                        color=color, capsize=4)
+            if np.isfinite(ci["mde"]) and not label.startswith("oracle"):
+                ax.plot([-ci["mde"]], [y], "x", color="C0", label="detectable effect" if y == 0 else None)
+        ax.set_yticks(range(len(rows)), [r[0] for r in rows], fontsize=8)
+        ax.set_ylim(-0.6, len(rows) - 0.4)
+        ax.invert_yaxis()
+        outcome = (verdict.get("outcome") or "no verdict").upper()
+        ax.set_title(f"{concept} at {v['location']}: {outcome}", fontsize=10)
+        ax.set_xlabel(f"paired difference of the {verdict['measure']} change", fontsize=8)
+        ax.grid(alpha=0.3, axis="x")
+        if delta or rows:
+            ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    artifacts.save_figure(fig, path)
+    plt.close(fig)
+
+
+def answer_html(validations: dict, forest_src: str) -> str:
+    """The page's opening: one line per concept, its three-way verdict in plain words, and the forest plot."""
+    lines = []
+    for concept, v in validations.items():
+        verdict = v["verdict"]
+        outcome = verdict.get("outcome") or "none"
+        cls = {"supported": "supported", "no effect": "noeffect"}.get(outcome, "inconclusive")
+        lines.append(f"<p class=\"verdict {cls}\">{html.escape(verdict['text'])}</p>")
+    return ("".join(lines) + f'<img src="{html.escape(forest_src)}" alt="forest plot of the contrasts">'
+            "<p class=\"note\">Each contrast is the paired difference, over members, of the change in the fixed "
+            "base probe's readout between the top-k and a control of the same size: random images, or as many of "
+            "the concept's own images at random as the top-k holds (matched). Supported: the top-k lowers the "
+            "readout beyond every control. No effect: the whole interval lies inside the shaded margin, 25% of "
+            "the positive control's effect scaled to the top-k's dose of concept images. Inconclusive: neither; "
+            "x marks the smallest effect the design detects with 80% power.</p>")
+
+
+def _conditions_side_by_side(row, v: dict, concept: str) -> None:
+    """One removal size: every condition at the location as its own column (a numeric axis of
+    nearly equal sizes would stack them)."""
+    loc = v["layers"][v["location"]]
+    names = list(loc["conditions"])
+    colors = {"top": "C3", "bottom": "C0", "random": "grey", "matched": "C2", "oracle": "black"}
+    for ax, (key, title) in zip(row, CURVE_PANELS):
+        for x, name in enumerate(names):
+            c = loc["conditions"][name]
+            ci = c["refit_acc"] if key == "refit_acc" else c["change"].get(key)
+            if ci is None:
+                continue
+            ax.errorbar([x], [ci["point"]], yerr=[[ci["point"] - ci["lo"]], [ci["hi"] - ci["point"]]], fmt="o",
+                        capsize=3, color=colors.get(c["kind"], "C4"))
+        ax.axhline(0, color="black", lw=0.8)
+        ax.set_xticks(range(len(names)), [f"{n}\n({loc['conditions'][n]['n_removed']})" for n in names], fontsize=6,
+                      rotation=30)
+        ax.set_title(f"{concept} at {v['location']}: {title}", fontsize=9)
+        ax.grid(alpha=0.3, axis="y")
+
+
 def validation_html(validations: dict) -> str:
     """Per concept: the verdict, every condition's actual vs predicted change at the
     location, and the paired contrasts with their detectable effects."""
     parts = []
     for concept, v in validations.items():
         loc = v["layers"][v["location"]]
-        verdict = v["verdict"]
-        cls = "supported" if verdict["supported"] else ("underpowered" if verdict["underpowered"] else "")
-        parts.append(f"<h3>{html.escape(concept)} at {html.escape(v['location'])}</h3>"
-                     f"<p class=\"verdict {cls}\">{html.escape(verdict['text'])}</p>")
+        parts.append(f"<h3>{html.escape(concept)} at {html.escape(v['location'])}</h3>")
         rows = []
         for cond, c in loc["conditions"].items():
             ch = c["change"]
             ps = c["predicted"].get("selectivity")
-            rows.append([cond, c["n_removed"], stats.fmt(ch["output_targets"], 3, True),
+            dose = "-" if c.get("n_concept") is None else c["n_concept"]
+            rows.append([cond, c["n_removed"], dose, stats.fmt(ch["output_targets"], 3, True),
                          f"{c['predicted']['mean']:+.3f}", f"{c['agreement']['pearson']:.2f}",
                          stats.fmt(ch["selectivity"], 3, True), "n/a" if ps is None else f"{ps:+.3f}",
                          stats.fmt(ch["output_positives"], 3, True), stats.fmt(ch["output_negatives"], 3, True),
                          stats.fmt(ch["bal_acc"], 3, True), stats.fmt(ch["auc"], 3, True),
                          f"{c['twin_correlation']:.2f}"])
-        parts.append(_table(["condition", "removed", "output change on targets", "TRAK predicted",
-                             "agreement r", "selectivity change", "TRAK predicted", "held-out positives",
+        parts.append(_table(["condition", "removed", "concept images", "output change on targets",
+                             "TRAK predicted (uncalibrated)", "agreement r", "selectivity change",
+                             "TRAK predicted (uncalibrated)", "held-out positives",
                              "held-out negatives", "bal. accuracy change", "AUC change", "twin corr."], rows))
 
         def pred(x):
@@ -182,8 +270,9 @@ def validation_html(validations: dict) -> str:
                          f"{pc['output_targets']['mde']:.3f}", "", stats.fmt(pc["bal_acc"], 3, True),
                          f"{pc['bal_acc']['mde']:.3f}"])
         if crow:
-            parts.append(_table(["paired contrast", "selectivity diff", "detectable", "TRAK predicted diff",
-                                 "output diff", "detectable", "TRAK predicted diff", "bal. acc diff", "detectable"],
+            parts.append(_table(["paired contrast", "selectivity diff", "detectable", "TRAK predicted (uncal.)",
+                                 "output diff", "detectable", "TRAK predicted (uncal.)", "bal. acc diff",
+                                 "detectable"],
                                 crow))
         parts.append(f"<p class=\"note\">Unrelated base members' activation correlation at this layer: "
                      f"{loc['unrelated_member_correlation']:.2f}; {loc['n_targets']} TRAK targets, "
@@ -204,7 +293,7 @@ def _table(header, rows, classes=None) -> str:
 CSS = """body{font-family:sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}
 table{border-collapse:collapse;margin:1em 0;font-size:0.9em}td,th{border:1px solid #ccc;padding:4px 8px;
 text-align:left;vertical-align:top}th{background:#f3f3f3}tr.target td{font-weight:bold}
-tr.failed td{background:#fde0e0}p.verdict{font-weight:bold}p.supported{color:#1a6b1a}p.underpowered{color:#9a5b00}img{max-width:100%;border:1px solid #eee}pre{background:#f7f7f7;padding:1em;
+tr.failed td{background:#fde0e0}p.verdict{font-weight:bold}p.supported{color:#1a6b1a}p.noeffect{color:#1a4f8a}p.inconclusive{color:#9a5b00}img{max-width:100%;border:1px solid #eee}pre{background:#f7f7f7;padding:1em;
 overflow-x:auto}section{margin-bottom:2.5em}.note{color:#555;font-size:0.9em}"""
 
 
@@ -253,12 +342,14 @@ def render_html(compare: dict, config: dict, figures: dict, enrichment: dict, gr
         "augmentation, minus the removed images); intervals are t-intervals over the paired per-member "
         "differences; a change is called when the interval excludes zero, and every null states the smallest "
         "change the design could detect (80% power).</p>",
+        f"<section id=\"answer\"><h2>Answer</h2>{answer_html(validations, figures['forest'])}</section>",
         f"<section id=\"verdicts\"><h2>Verdicts</h2>{verdicts}<p class=\"note\">Bold rows: the concept the "
         "condition targets. Red rows: the retrained ensemble failed the base task.</p></section>",
         "<section id=\"validation\"><h2>Validation of the attribution</h2><p class=\"note\">Base member m's probe "
         "held fixed and applied to its retrained twin: the actual change of its output and accuracy, TRAK's "
-        "predicted change (minus the sum of the removed images' scores), and the paired contrasts top-k minus "
-        f"random and top-k minus bottom-k.</p>{validation_html(validations)}</section>",
+        "predicted change (minus the sum of the removed images' scores; its magnitude is uncalibrated and no "
+        "verdict reads it), and the paired contrasts of the top-k with each control.</p>"
+        f"{validation_html(validations)}</section>",
         f"<section id=\"curves\"><h2>Removal curves</h2>{img('curves', 'removal curves')}</section>",
         "<section id=\"training\"><h2>Base-task test accuracy of every ensemble</h2>"
         + _table(["condition", "images removed", "mean test acc", "per member", "check", "learned"], train_rows)
@@ -294,6 +385,7 @@ def build(files: dict, out: dict, cfg: dict) -> str:
     k = ablation_size(len(next(iter(scores.values()))), cfg["ablation"])
     validations = {c: artifacts.read_json(files["validate"][c]) for c in concepts}
     curves_figure(validations, out["curves"])
+    forest_figure(validations, out["forest"])
     depth_figure(compare, summaries, concepts, layers, "acc", out["accuracy"])
     depth_figure(compare, summaries, concepts, layers, "k", out["sparsity"])
     scores_figure(scores, truths, locations, k, out["scores"])
@@ -302,7 +394,7 @@ def build(files: dict, out: dict, cfg: dict) -> str:
         artifacts.copy(files["grids"][c], out["grids"][c])
     folder = Path(out["html"]).parent
     figures = {name: Path(out[name]).relative_to(folder).as_posix()
-               for name in ("accuracy", "sparsity", "scores", "enrichment", "curves")}
+               for name in ("accuracy", "sparsity", "scores", "enrichment", "curves", "forest")}
     grids = {c: Path(out["grids"][c]).relative_to(folder).as_posix() for c in concepts}
     artifacts.write_text(out["html"], render_html(compare, cfg["config"], figures, enrichment, grids, validations))
     return str(Path(out["html"]).resolve())

@@ -17,10 +17,11 @@ What TRAK *claimed* it would do: for each target t, minus the sum over the remov
 of their scores for t (the scores are the ensemble's, so the claim is one number per
 target); for the selectivity, the same for the targets minus that for the negatives. Their agreement across targets is a correlation. The decisive comparisons are
 paired over members: "top-k minus random" and "top-k minus bottom-k" of the change, with
-t-intervals and minimal detectable effects (``workflow.stats``). Attribution is supported
-when removing the top-k lowers the output more than removing random images, by more than
-the interval admits. A null is flagged underpowered when TRAK's own predicted difference,
-or the positive control's effect, is below the detectable one.
+t-intervals and minimal detectable effects (``workflow.stats``), and "top-k minus matched"
+where the concept's training images are known (as many of them, at random, as the top-k
+holds). Each concept ends in a three-way verdict (``verdict``): supported, no effect within
+a margin scaled from the positive control, or inconclusive with the detectable effect.
+TRAK's predicted changes stay in the tables, labelled uncalibrated; no verdict reads them.
 
 Also recorded: the twin correlation (per-channel correlation of a base member's and its
 twin's activations over the probe set, averaged over channels) and the same between
@@ -34,6 +35,7 @@ import numpy as np
 from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 
 from .. import artifacts, stats
+from . import verdict as verdicts
 from ..probing.probes import decision_function
 from ..probing.summary import location_index
 
@@ -78,10 +80,11 @@ def probe_readout(probe: dict, acts: np.ndarray, labels: np.ndarray, held: np.nd
 
 
 def validate_layer(layer: str, members: list, probes_path, acts: dict, ablations: dict, scores: dict,
-                   labels, held, summaries: dict, confidence: float) -> dict:
+                   labels, held, summaries: dict, confidence: float, truth=None) -> dict:
     """Every condition's actual and predicted change at ``layer``; ``acts``: {condition:
     {member: {layer: [N, C]}}}, ``ablations``: {condition: set}, ``scores``: {"per_target",
-    "targets", "per_negative", "negatives"} (probe-set indices and their TRAK scores)."""
+    "targets", "per_negative", "negatives"} (probe-set indices and their TRAK scores);
+    ``truth``: the concept's training images (bool mask) where known, for each set's dose."""
     probes = {m: artifacts.probe(probes_path, m, layer) for m in members}
     targets, negatives = scores["targets"], scores["negatives"]
 
@@ -118,6 +121,7 @@ def validate_layer(layer: str, members: list, probes_path, acts: dict, ablations
                                  confidence)
         out["conditions"][cond] = {
             "kind": a["kind"], "concept": a["concept"], "n_removed": int(a["n_removed"]),
+            "n_concept": None if truth is None else int(np.asarray(truth, bool)[a["removed"]].sum()),
             "per_member": per_member,
             "change": {k: stats.t_interval(v, confidence) for k, v in per_member.items() if k != "twin_correlation"},
             "twin_correlation": float(np.mean(per_member["twin_correlation"])),
@@ -138,7 +142,8 @@ def contrasts(layer_result: dict, designs: dict, concept: str, layer_name: str, 
         if d["kind"] != "top" or d["concept"] != concept or d["layer"] != layer_name or name not in conds:
             continue
         suffix = name[len(f"top-{concept}" + ("" if d["layer"] == "location" else f"-{d['layer']}")):]
-        others = {"random": f"random{suffix}", "bottom": name.replace("top-", "bottom-", 1)}
+        others = {"random": f"random{suffix}", "bottom": name.replace("top-", "bottom-", 1),
+                  "matched": name.replace("top-", "matched-", 1)}
         for label, other in others.items():
             if other not in conds:
                 continue
@@ -154,33 +159,22 @@ def contrasts(layer_result: dict, designs: dict, concept: str, layer_name: str, 
     return out
 
 
-def verdict(concept: str, main: dict, oracle: dict | None, measure: str = "selectivity") -> dict:
-    """Plain words for the main top-k vs random contrast at the location, on ``measure``
-    (``selectivity`` or ``output_targets``); accuracy is reported beside it."""
-    if main is None:
-        return {"supported": None, "underpowered": None, "measure": measure,
-                "text": f"{concept}: no top-k vs random comparison configured"}
-    out, acc = main[measure], main["bal_acc"]
-    pred = main["predicted"] if measure == "output_targets" else main["predicted_selectivity"]
-    pred = float("nan") if pred is None else pred
-    supported = out["hi"] < 0
-    acc_also = acc["hi"] < 0
-    control = None if oracle is None else oracle[measure]
-    under = (not supported) and (not abs(pred) >= out["mde"]
-                                 or (control is not None and abs(control["point"]) < out["mde"]))
-    k, what = main["top"], MEASURES[measure]
-    if supported:
-        text = (f"{concept}: attribution supported: removing {k} lowers the concept's {what} more than removing "
-                f"random images: diff {stats.fmt(out, 3, True)}; TRAK predicted {pred:+.3f}"
-                + (f"; accuracy too: {stats.fmt(acc, 3, True)}" if acc_also
-                   else f"; accuracy not separated: {stats.fmt(acc, 3, True)}"))
-    else:
-        text = (f"{concept}: attribution not supported: {k} - random {what} diff {stats.fmt(out, 3, True)}, "
-                f"detectable >= {out['mde']:.3f}; TRAK predicted {pred:+.3f}"
-                + ("" if control is None else f"; positive control (oracle - random) {stats.fmt(control, 3, True)}")
-                + ("; UNDERPOWERED: the predicted or the control effect is below the detectable one" if under else ""))
-    return {"supported": bool(supported), "accuracy_supported": bool(acc_also), "underpowered": bool(under),
-            "measure": measure, "text": text}
+def verdict(concept: str, contrasts: dict, oracle: dict | None, doses: dict, measure: str,
+            margin_fraction: float, margin_absolute: float | None) -> dict:
+    """The concept's three-way verdict (``verdict`` module) on ``measure`` at its location, from
+    its main contrasts {"random": contrast, "matched": contrast} (either may be missing),
+    the positive control (oracle - random, per measure) and the doses of concept images."""
+    what = MEASURES[measure]
+    if not contrasts:
+        return {"outcome": None, "measure": measure, "text": f"{concept}: no top-k vs control comparison configured"}
+    cis = {f"top - {k}": c[measure] for k, c in contrasts.items()}
+    delta = verdicts.margin(None if oracle is None else oracle[measure], doses, margin_fraction, margin_absolute)
+    outcomes = {k: verdicts.classify(c[measure], delta["value"]) for k, c in contrasts.items()}
+    result = verdicts.overall(outcomes, None if oracle is None else oracle[measure])
+    acc = {k: c["bal_acc"] for k, c in contrasts.items()}
+    return {**result, "measure": measure, "contrasts": outcomes, "margin": delta,
+            "accuracy": {k: {"ci": ci, "outcome": verdicts.classify(ci, None)} for k, ci in acc.items()},
+            "text": verdicts.words(concept, result, cis, delta, what)}
 
 
 def curves(layer_result: dict, designs: dict, concept: str, confidence: float) -> dict:
@@ -209,6 +203,7 @@ def validate(concept: str, cfg: dict, probe_set_path, probes_path, activation_pa
     confidence, designs = cfg["confidence"], cfg["designs"]
     ps = artifacts.probe_set(probe_set_path, images=False)
     labels, held = ps["labels"], ps["heldout"]
+    truth = artifacts.concept_truth(probe_set_path)
     table = artifacts.probes_table(probes_path)
     members, layers_all = table["members"], table["layers"]
     location = layers_all[location_index(table["heldout_bal_acc"])]
@@ -227,22 +222,33 @@ def validate(concept: str, cfg: dict, probe_set_path, probes_path, activation_pa
         scores = {"per_target": per_target, "targets": target_idx, "per_negative": per_negative,
                   "negatives": negative_idx}
         lr = validate_layer(layer, members, probes_path, acts, ablations, scores, labels, held, summaries,
-                            confidence)
+                            confidence, truth)
         lr["n_targets"], lr["n_negatives"] = int(len(target_idx)), int(len(negative_idx))
         lr["contrasts"] = contrasts(lr, designs, concept, "location" if layer == location else layer, confidence)
         result["layers"][layer] = lr
     loc = result["layers"][location]
     main_name = next((n for n, d in designs.items() if d["kind"] == "top" and d["concept"] == concept
                       and d["layer"] == "location"), None)
-    main = loc["contrasts"].get(f"{main_name} - random") if main_name else None
+    main = {}
+    if main_name:
+        for control in ("random", "matched"):
+            other = "random" if control == "random" else main_name.replace("top-", "matched-", 1)
+            if f"{main_name} - {other}" in loc["contrasts"]:
+                main[control] = loc["contrasts"][f"{main_name} - {other}"]
     oracle_name = f"oracle-{concept}"
     oracle = None
-    if oracle_name in loc["conditions"] and "random" in loc["conditions"]:
-        o, r = loc["conditions"][oracle_name]["per_member"], loc["conditions"]["random"]["per_member"]
+    conds = loc["conditions"]
+    if oracle_name in conds and "random" in conds:
+        o, r = conds[oracle_name]["per_member"], conds["random"]["per_member"]
         oracle = {k: stats.paired(o[k], r[k], confidence) for k in ("output_targets", "selectivity", "bal_acc")}
+    doses = {"top": conds[main_name]["n_concept"] if main_name in conds else None,
+             "random": conds["random"]["n_concept"] if "random" in conds else None,
+             "oracle": conds[oracle_name]["n_concept"] if oracle_name in conds else None}
     result["positive_control"] = oracle
+    result["doses"] = doses
     result["measure"] = cfg["measure"]
-    result["verdict"] = verdict(concept, main, oracle, cfg["measure"])
+    result["verdict"] = verdict(concept, main, oracle, doses, cfg["measure"], cfg.get("margin_fraction", 0.25),
+                                cfg.get("margin_absolute"))
     result["curves"] = curves(loc, designs, concept, confidence)
     return result
 
@@ -252,20 +258,23 @@ def format_text(result: dict) -> str:
     loc = result["layers"][result["location"]]
     lines.append(f"  at {result['location']} ({loc['n_targets']} TRAK targets; change = twin - base with base "
                  f"member's probe held fixed; mean over members [{int(100 * result['confidence'])}% t-interval])")
-    lines.append(f"  {'condition':<22} {'removed':>7} {'output (targets)':>26} {'predicted':>9} {'agree r':>7} "
+    lines.append(f"  {'condition':<22} {'removed':>7} {'concept':>7} {'output (targets)':>26} {'predicted':>9} {'agree r':>7} "
                  f"{'selectivity':>26} {'predicted':>9} {'bal. acc':>26} {'twin corr':>9}")
     for cond, c in loc["conditions"].items():
         ch, ps = c["change"], c["predicted"]["selectivity"]
-        lines.append(f"  {cond:<22} {c['n_removed']:7d} {stats.fmt(ch['output_targets'], 3, True):>26} "
+        dose = "-" if c.get("n_concept") is None else str(c["n_concept"])
+        lines.append(f"  {cond:<22} {c['n_removed']:7d} {dose:>7} {stats.fmt(ch['output_targets'], 3, True):>26} "
                      f"{c['predicted']['mean']:+9.3f} {c['agreement']['pearson']:7.2f} "
                      f"{stats.fmt(ch['selectivity'], 3, True):>26} {_num(ps):>9} "
                      f"{stats.fmt(ch['bal_acc'], 3, True):>26} {c['twin_correlation']:9.2f}")
-    lines.append(f"  unrelated base members' correlation: {loc['unrelated_member_correlation']:.2f}")
+    lines.append(f"  unrelated base members' correlation: {loc['unrelated_member_correlation']:.2f}; 'concept': "
+                 f"ground-truth concept images removed; 'predicted': TRAK's claim (uncalibrated magnitude, no verdict "
+                 f"reads it)")
     for name, cst in loc["contrasts"].items():
         lines.append(f"  {name}: selectivity {stats.fmt(cst['selectivity'], 3, True)} (detectable >= "
-                     f"{cst['selectivity']['mde']:.3f}, TRAK predicted {_num(cst['predicted_selectivity'])}); "
+                     f"{cst['selectivity']['mde']:.3f}, TRAK predicted {_num(cst['predicted_selectivity'])} uncalibrated); "
                      f"output {stats.fmt(cst['output_targets'], 3, True)} (detectable >= "
-                     f"{cst['output_targets']['mde']:.3f}, TRAK predicted {cst['predicted']:+.3f}); bal. acc "
+                     f"{cst['output_targets']['mde']:.3f}, TRAK predicted {cst['predicted']:+.3f} uncalibrated); bal. acc "
                      f"{stats.fmt(cst['bal_acc'], 3, True)} (detectable >= {cst['bal_acc']['mde']:.3f})")
     pc = result.get("positive_control")
     if pc:
