@@ -2,7 +2,8 @@
 # Stages (docs/method.md): data -> train -> activations -> probes -> summary
 #                          -> TRAK featurize (sharded) -> gather -> score -> trak_report
 #                          -> ablate -> train/activations/probes again per condition
-#                          -> validate (the counterfactual check) -> compare -> report_html.
+#                          -> validate (the counterfactual check) -> compare -> report_html;
+#                          lds: random subsets retrained -> the estimators' LDS on the concept readout.
 # The workflow package must be installed (`make venv` does it: pip install -e .).
 import sys
 from pathlib import Path
@@ -39,6 +40,7 @@ include: "rules/summary.smk"
 include: "rules/trak.smk"
 include: "rules/ablate.smk"
 include: "rules/validate.smk"
+include: "rules/lds.smk"
 include: "rules/report.smk"
 
 
@@ -54,4 +56,5 @@ rule all:
         f"{RESULTS}/base/trak/enrichment.json",
         f"{RESULTS}/compare/verdicts.txt",
         expand(f"{RESULTS}/validate/{{concept}}.txt", concept=CONCEPTS),
+        expand(f"{RESULTS}/lds/{{concept}}.txt", concept=CONCEPTS if LDS_SUBSETS else []),
         f"{RESULTS}/report/index.html",

@@ -7,8 +7,8 @@ import os
 import string
 
 from snakemake.settings.types import DeploymentMethod
-from workflow.ablation.sets import conditions as ablation_conditions
-from workflow.config import dataset_slice, rule_resources as config_rule_resources
+from workflow.ablation.sets import conditions as ablation_conditions, lds_conditions
+from workflow.config import dataset_slice, lds_spawn_epoch, rule_resources as config_rule_resources
 from workflow.provenance import stage_digest
 
 RESULTS = f"results/{config['experiment']}"
@@ -17,6 +17,9 @@ CONCEPTS = [c["name"] for c in config["concepts"]]
 MEMBERS = list(range(config["ensemble"]["size"]))
 ABLATIONS = ablation_conditions(config)  # condition name -> {kind, concept, layer}
 CONDITIONS = ["base", *ABLATIONS]
+LDS_SUBSETS = lds_conditions(config)     # the LDS stage's random subsets (trained for lds.members only)
+LDS_MEMBERS = config["lds"]["members"]
+DESIGNS = {**ABLATIONS, **LDS_SUBSETS}   # every removed set ablate builds
 
 TRAK_CKPTS = config["trak"]["checkpoints"]
 SHARDS = list(range(config["trak"]["shards"]))
@@ -28,7 +31,7 @@ wildcard_constraints:
     layer="|".join(LAYERS),
     concept="|".join(CONCEPTS),
     member=r"\d+",
-    condition="|".join(map(re.escape, CONDITIONS)),
+    condition="|".join(map(re.escape, [*CONDITIONS, *LDS_SUBSETS])),
 
 # Jobs run `python -m workflow <stage>` from the installed package. Unless --use-conda
 # supplies each rule's own python, put this interpreter first on PATH so jobs use the
@@ -137,6 +140,11 @@ def concept_params(name):
     return {**data_params(), "probe_set": config["probe_set"], "concepts": [concept]}
 
 
+def spawn_epoch(condition):
+    """The epoch an ablated or LDS twin resumes its base member after (0: from scratch)."""
+    return lds_spawn_epoch(config) if condition in LDS_SUBSETS else config["ablation"]["spawn_epoch"]
+
+
 def train_params(w):
     """The recipe; an ablated twin also gets the spawn epoch (base runs do not depend on it)."""
     train = dict(config["train"])
@@ -144,7 +152,7 @@ def train_params(w):
         del train["crop_scale"]                      # unused: editing it retrains nothing
     params = {"seed": config["seed"], "model": config["model"], "train": train}
     if w.condition != "base":
-        params["spawn_epoch"] = config["ablation"]["spawn_epoch"]
+        params["spawn_epoch"] = spawn_epoch(w.condition)
     return params
 
 
@@ -173,10 +181,10 @@ FEATURIZE_KEYS = ("proj_dim", "proj_seed", "projector", "layer_dim", "device", "
 def ablation_params(condition):
     """Only what decides this condition's removed set (its design carries its size): a
     fraction edit rebuilds the sets of that size, not the oracle."""
-    design = ABLATIONS[condition]
+    design = DESIGNS[condition]
     if design["kind"] in ("top", "bottom"):
         return {"design": design, "layers": LAYERS if design["layer"] == "location" else [design["layer"]]}
-    if design["kind"] in ("random", "matched"):
+    if design["kind"] in ("random", "matched", "subset"):
         return {"design": design, "seed": config["seed"]}
     return {"design": design}
 
@@ -194,13 +202,13 @@ def train_inputs(w):
     files = {"data": BASE}
     if w.condition != "base":
         files["ablation"] = f"{RESULTS}/ablation/{w.condition}.h5"
-        if config["ablation"]["spawn_epoch"]:
+        if spawn_epoch(w.condition):
             files["spawn"] = f"{RESULTS}/base/models/m{w.member}.h5"
     return files
 
 
 def ablate_inputs(w):
-    design = ABLATIONS[w.condition]
+    design = DESIGNS[w.condition]
     files = {"data": BASE}
     if design["kind"] in ("top", "bottom"):
         layers = LAYERS if design["layer"] == "location" else [design["layer"]]

@@ -40,6 +40,7 @@ REPORT_INPUTS = {
     "enrichment": f"{RESULTS}/base/trak/enrichment.json",
     "grids": keyed(f"{RESULTS}/base/trak/top_bottom_{{concept}}.png", concept=CONCEPTS),
     "validate": keyed(VALIDATE_OUTPUTS["json"], concept=CONCEPTS),
+    "lds": keyed(LDS_OUTPUTS["json"], concept=CONCEPTS) if LDS_SUBSETS else {},
 }
 REPORT_OUTPUTS = {
     "html": f"{REPORT}/index.html",

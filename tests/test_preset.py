@@ -53,7 +53,7 @@ def preset_on_tree(tmp_path: Path) -> Path:
     # one checkpoint: each per-example gradient of the full-width model costs ~0.5 s on one
     # CPU thread (11.7M coordinates hashed 4 times); several checkpoints: tests/configs/tiny.yaml
     cfg["trak"].update(shards=2, proj_dim=16, batch_size=4, device="cpu", max_targets=1, checkpoints=["final"])
-    cfg["ablation"].update(fractions=[0.25], concepts=["snakes"])   # top, bottom and random of one concept
+    cfg["ablation"].update(fractions=[0.25], concepts=["snakes"])   # top, bottom, random, matched of one concept
     cfg["threads"] = {k: 1 for k in cfg["threads"]}
     path = tmp_path / "preset.yaml"
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
@@ -77,7 +77,7 @@ def test_imagenet_preset_runs_end_to_end_on_a_tiny_tree(tmp_path):
                 assert f["per_target"].shape == (1, info["n_train"])          # max_targets 1
                 assert np.all(np.isfinite(f["per_target"][()]))
     designs = sets.conditions(cfg)
-    assert {d["kind"] for d in designs.values()} == {"top", "bottom", "random"}   # no oracle on ImageNet
+    assert {d["kind"] for d in designs.values()} == {"top", "bottom", "random", "matched"}   # no oracle
     assert {d["concept"] for d in designs.values()} == {"snakes", None}
     for name in designs:
         for m in range(cfg["ensemble"]["size"]):

@@ -116,28 +116,35 @@ def plus(*dicts):
 
 
 TRAK = {"featurize": N * N_SHARDS, "gather_features": N, "score": 1, "trak_report": 1}
+# the LDS stage (tiny.yaml: 2 fractions x 3 subsets, member 0): one job per concept, and its twins
+LDS = {"lds": C}
+N_LDS = len(TINY["lds"]["fractions"]) * TINY["lds"]["subsets"] * len(TINY["lds"]["members"])
+LDS_RETRAIN = {"train": N_LDS, "activations": N_LDS, "lds": C}
 EDITS = {
     # probes move the location, so the top-k set is rebuilt and its condition retrained
     "probe edit: probes everywhere, the top-k condition, not other training": (
         ("probes", "sparsity_threshold", 0.9),
         plus({"probes": C * N_COND, "summarize": N_COND, "score": 1, "trak_report": 1, "ablate": 3},
-             retrain(3), {"probes": -3 * C, "summarize": -3}, REPORT, VALIDATE)),
+             retrain(3), {"probes": -3 * C, "summarize": -3}, REPORT, VALIDATE, LDS)),
     "training edit: every condition and TRAK, not data or the random/oracle sets": (
         ("train", "epochs", 3),
-        plus(retrain(N_COND), TRAK, {"ablate": 3}, REPORT, VALIDATE)),
+        plus(retrain(N_COND), TRAK, {"ablate": 3}, REPORT, VALIDATE, LDS_RETRAIN)),
     "TRAK target edit: scoring and the top-k, bottom-k and matched conditions": (
         ("trak", "max_targets", 5),
-        plus({"score": 1, "trak_report": 1, "ablate": 3}, retrain(3), REPORT, VALIDATE)),
+        plus({"score": 1, "trak_report": 1, "ablate": 3}, retrain(3), REPORT, VALIDATE, LDS)),
     "projector edit: features, scores and the top-k, bottom-k and matched conditions": (
-        ("trak", "layer_dim", 4096), plus(TRAK, {"ablate": 3}, retrain(3), REPORT, VALIDATE)),
+        ("trak", "layer_dim", 4096), plus(TRAK, {"ablate": 3}, retrain(3), REPORT, VALIDATE, LDS)),
     "ablation size: the top-k, bottom-k, random and matched conditions, not the oracle": (
         ("ablation", "fractions", [0.1]), plus({"ablate": 4}, retrain(4), REPORT, VALIDATE)),
     "equivalence margin: validate and the report only": (("compare", "margin_fraction", 0.5),
                                                          plus({"report_html": 1, "all": 1}, VALIDATE)),
-    "interval level: validate, compare and report only": (("compare", "confidence", 0.9), plus(REPORT, VALIDATE)),
+    "interval level: validate, LDS, compare and report only": (("compare", "confidence", 0.9),
+                                                               plus(REPORT, VALIDATE, LDS)),
     "thread count: nothing": (("threads", "probes", 2), {}),
     "spawn epoch: the retrained twins, not the base run": (
-        ("ablation", "spawn_epoch", 1), plus(retrain(N_COND - 1), REPORT, VALIDATE)),
+        ("ablation", "spawn_epoch", 1), plus(retrain(N_COND - 1), REPORT, VALIDATE, LDS_RETRAIN)),
+    "LDS subsets: the new subsets' twins and the LDS stage, nothing else": (
+        ("lds", "subsets", 4), {"ablate": 2, "train": 2, "activations": 2, "lds": C, "report_html": 1, "all": 1}),
     "validate measure: validate and the report only": (("compare", "validate_measure", "output_targets"),
                                                       plus({"report_html": 1, "all": 1}, VALIDATE)),
 }
@@ -303,7 +310,7 @@ def test_validate_writes_every_field_and_predicts_minus_the_sum_of_removed_score
             assert lr["contrasts"] == {} and v["verdict"]["outcome"] is None
 
 
-REPORT_SECTIONS = ["answer", "verdicts", "validation", "curves", "training", "accuracy", "sparsity", "scores", "enrichment",
+REPORT_SECTIONS = ["answer", "verdicts", "validation", "lds", "curves", "training", "accuracy", "sparsity", "scores", "enrichment",
                    "images", "config"]
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync"]
@@ -430,6 +437,7 @@ def test_cifar10_runs_end_to_end_from_a_local_pickle_tree(tmp_path):
     cfg["trak"].update(checkpoints=["final"], shards=1, max_targets=4)
     cfg["ablation"].update(concepts=None, controls=["random", "oracle"])
     cfg["compare"]["max_test_acc_drop"] = 1.0                   # random pixels: nothing to learn
+    cfg["lds"] = {"fractions": []}
     write_config(tmp_path, cfg)
     run_snakemake(tmp_path, "--cores", "2")
     res = tmp_path / "results" / "cifar"
@@ -442,3 +450,41 @@ def test_cifar10_runs_end_to_end_from_a_local_pickle_tree(tmp_path):
         assert np.array_equal(f["removed"][()], np.flatnonzero(truth))
     assert (res / "validate" / "vehicles.txt").read_text().startswith("vehicles: ")
     assert (res / "report" / "index.html").stat().st_size > 1000
+
+
+def test_lds_on_the_tiny_run_writes_every_field(tiny_run):
+    """The LDS stage: per concept, fraction and estimator, the LDS per target (mean with its
+    interval over targets) and of the selectivity, and the arrays behind them; the predicted
+    readout is minus the sum of TRAK's scores over each subset's removed images (by hand)."""
+    import json
+
+    from workflow import artifacts
+    from workflow.validation.lds import spearman
+
+    res = tiny_run / "results" / "tiny"
+    lds_cfg = TINY["lds"]
+    for concept in CONCEPTS:
+        r = json.loads((res / "lds" / f"{concept}.json").read_text())
+        assert (res / "lds" / f"{concept}.txt").read_text().startswith(f"{concept}: LDS on the concept readout")
+        assert r["members"] == lds_cfg["members"] and r["n_targets"] > 0
+        arrays = artifacts.lds_arrays(res / "lds" / f"{concept}.h5")
+        with h5py.File(res / "base" / "trak" / "scores" / concept / f"{r['location']}.h5") as f:
+            per_target = f["per_target"][()].astype(np.float64)
+        assert set(r["fractions"]) == {f"{f:g}" for f in lds_cfg["fractions"]}
+        for frac, e in r["fractions"].items():
+            assert e["n_subsets"] == lds_cfg["subsets"]
+            assert e["n_removed"] == round(float(frac) * TINY["dataset"]["synthetic"]["n_train"])
+            assert set(e["estimators"]) == set(lds_cfg["estimators"])
+            removed = [artifacts.ablation(res / "ablation" / f"lds{frac}-s{s:02d}.h5")["removed"]
+                       for s in range(lds_cfg["subsets"])]
+            by_hand = np.stack([-per_target[:, rm].sum(1) for rm in removed])
+            np.testing.assert_allclose(arrays[f"{frac}/trak/predicted"], by_hand, rtol=1e-9, atol=1e-12)
+            actual = arrays[f"{frac}/actual_targets"]                      # [M, S, T]
+            assert actual.shape == (len(lds_cfg["members"]), lds_cfg["subsets"], r["n_targets"])
+            lds_t = arrays[f"{frac}/trak/lds_per_target"]
+            np.testing.assert_allclose(lds_t[0], spearman(by_hand.T, actual[0].T), equal_nan=True)
+            for est, v in e["estimators"].items():
+                if v["per_target"] is not None:
+                    assert -1 <= v["per_target"]["point"] <= 1 and v["per_target"]["lo"] <= v["per_target"]["hi"]
+                agg = v["aggregate"]
+                assert np.isnan(agg["point"]) == (est == "hardest")        # same scores for targets and negatives

@@ -425,3 +425,22 @@ def ablation(path) -> dict:
         out.update({k: atomic.attr(v) for k, v in f.attrs.items() if k not in ("config", "versions")})
     out["n_train"], out["n_removed"] = int(out["n_train"]), int(out["n_removed"])
     return out
+
+
+# -- LDS ----------------------------------------------------------------------------------------
+
+
+def write_lds(path, cfg: dict, concept: str, layer: str, arrays: dict) -> None:
+    """The LDS stage's arrays by name ("<fraction>/<estimator>/lds_per_target" [M, T],
+    ".../predicted" [S, T], "<fraction>/actual_targets" [M, S, T], "<fraction>/actual_selectivity" [M, S])."""
+    with atomic.h5(path, cfg, concept=concept, layer=layer) as f:
+        for name, a in arrays.items():
+            f.create_dataset(name, data=np.asarray(a, np.float64))
+
+
+def lds_arrays(path) -> dict:
+    """{name: array} of an LDS file (``write_lds``)."""
+    out = {}
+    with reading(path) as f:
+        f.visititems(lambda name, obj: out.__setitem__(name, obj[()]) if isinstance(obj, h5py.Dataset) else None)
+    return out

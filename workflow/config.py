@@ -88,6 +88,7 @@ def resolve(config: dict) -> dict:
     check_concepts(config)
     check_trak(config)
     check_ablation(config)
+    check_lds(config)
     return config
 
 
@@ -159,6 +160,26 @@ def check_ablation(config: dict) -> None:
     if spawn and (not tr["checkpoint_every"] or spawn % tr["checkpoint_every"] or spawn >= tr["epochs"]):
         raise ConfigError(f"config error: ablation.spawn_epoch: {spawn} is not a saved checkpoint "
                           f"(train.checkpoint_every={tr['checkpoint_every']}, train.epochs={tr['epochs']})")
+
+
+def lds_spawn_epoch(config: dict) -> int:
+    """The spawn epoch of the LDS subsets' twins (lds.spawn_epoch, else ablation.spawn_epoch)."""
+    spawn = config["lds"]["spawn_epoch"]
+    return config["ablation"]["spawn_epoch"] if spawn is None else spawn
+
+
+def check_lds(config: dict) -> None:
+    lds, size = config["lds"], config["ensemble"]["size"]
+    for m in lds["members"]:
+        if m >= size:
+            raise ConfigError(f"config error: lds.members: member {m} does not exist (ensemble.size={size})")
+    spawn, tr = lds_spawn_epoch(config), config["train"]
+    if spawn and (not tr["checkpoint_every"] or spawn % tr["checkpoint_every"] or spawn >= tr["epochs"]):
+        raise ConfigError(f"config error: lds.spawn_epoch: {spawn} is not a saved checkpoint "
+                          f"(train.checkpoint_every={tr['checkpoint_every']}, train.epochs={tr['epochs']})")
+    if lds["fractions"] and lds["subsets"] < 3:
+        raise ConfigError(f"config error: lds.subsets: {lds['subsets']} subsets cannot give a rank correlation; "
+                          f"use at least 3")
 
 
 def rule_resources(config: dict, family: str, device=None) -> dict:

@@ -22,6 +22,7 @@ STAGES = {
     "trak-report": ("workflow.attribution.report", "trak_report_stage", False),
     "ablate": ("workflow.ablation.sets", "ablate_stage", False),
     "validate": ("workflow.validation.validate", "validate_stage", False),
+    "lds": ("workflow.validation.lds", "lds_stage", False),
     "compare": ("workflow.report.compare", "compare_stage", False),
     "report": ("workflow.report.html", "report_stage", False),
 }

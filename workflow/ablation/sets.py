@@ -79,6 +79,16 @@ def conditions(config: dict) -> dict:
     return out
 
 
+def lds_conditions(config: dict) -> dict:
+    """{condition name: design} of the LDS stage's random subsets (``lds`` block): for each
+    fraction f and subset s, ``lds<f>-s<ss>`` removes round(f * n_train) images drawn with a
+    seed of their own. Trained only for ``lds.members``, as paired twins."""
+    lds = config.get("lds") or {}
+    return {f"lds{f:g}-s{s:02d}": {"kind": "subset", "concept": None, "layer": None, "fraction": f, "top_k": None,
+                                   "subset": s}
+            for f in lds.get("fractions", []) for s in range(lds.get("subsets", 0))}
+
+
 def size(n_train: int, design: dict) -> int:
     """k, the number of images a top-k, bottom-k or random condition removes."""
     k = design["top_k"]
@@ -105,6 +115,11 @@ def bottom_k(scores: np.ndarray, k: int) -> np.ndarray:
 def random_k(n_train: int, k: int, seed: int) -> np.ndarray:
     """The first k of one seeded permutation: random sets of different sizes are nested."""
     return np.sort(seeded_rng(seed, "ablation", "random").permutation(n_train)[:k])
+
+
+def subset(n_train: int, k: int, seed: int, fraction: float, s: int) -> np.ndarray:
+    """The removed images of LDS subset ``s`` at ``fraction``: k drawn with a seed of its own."""
+    return np.sort(seeded_rng(seed, "lds", f"{fraction:g}", s).permutation(n_train)[:k])
 
 
 def oracle(truth: np.ndarray) -> np.ndarray:
@@ -141,6 +156,11 @@ def build(design: dict, n_train: int, cfg: dict, scores=None, truth=None, locati
         which = "highest" if kind == "top" else "lowest"
         reason = f"{kind}-{k}: the {which} TRAK concept scores of {design['concept']!r} at {where}"
         return removed, np.asarray(scores)[removed], reason
+    if kind == "subset":
+        k = size(n_train, design)
+        return (subset(n_train, k, cfg["seed"], design["fraction"], design["subset"]), None,
+                f"LDS subset {design['subset']} at {design['fraction']:g}: {k} training images drawn at random "
+                f"(seed {cfg['seed']})")
     if kind == "random":
         k = size(n_train, design)
         return random_k(n_train, k, cfg["seed"]), None, f"{k} training images drawn at random (seed {cfg['seed']})"

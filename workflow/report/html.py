@@ -281,6 +281,26 @@ def validation_html(validations: dict) -> str:
     return "".join(parts)
 
 
+def lds_html(lds: dict) -> str:
+    """The LDS table: per concept, fraction and estimator, the LDS per target and of the selectivity."""
+    rows = []
+    for concept, r in lds.items():
+        for f, e in r["fractions"].items():
+            for est, v in e["estimators"].items():
+                agg = v["aggregate"]
+                rows.append([concept, r["location"], f, e["n_subsets"], e["n_removed"], est,
+                             "undefined" if v["per_target"] is None else stats.fmt(v["per_target"], 3, True),
+                             "undefined" if not np.isfinite(agg["point"]) else stats.fmt(agg, 3, True)])
+    return (_table(["concept", "layer", "fraction", "subsets", "removed", "estimator", "LDS per target (mean)",
+                    "LDS of the selectivity"], rows)
+            + "<p class=\"note\">LDS: the Spearman correlation, over random training subsets each removed and "
+            "retrained as a paired twin, between an estimator's predicted readout (the sum of its scores over the "
+            "images kept) and the actual readout of the base probe held fixed. 1 = the estimator ranks the subsets "
+            "exactly; about 0 = no better than random scores. Per target: mean over the concept's TRAK targets "
+            "with a t-interval; selectivity: a bootstrap interval over subsets. Baselines that score targets and "
+            "negatives alike cannot predict the selectivity (undefined).</p>")
+
+
 def _table(header, rows, classes=None) -> str:
     head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
     body = []
@@ -298,7 +318,7 @@ overflow-x:auto}section{margin-bottom:2.5em}.note{color:#555;font-size:0.9em}"""
 
 
 def render_html(compare: dict, config: dict, figures: dict, enrichment: dict, grids: dict,
-                validations: dict) -> str:
+                validations: dict, lds: dict | None = None) -> str:
     """The page. ``figures``: {name: file name}; ``grids``: {concept: file name};
     ``validations``: {concept: validate result}."""
     exp = html.escape(config.get("experiment", ""))
@@ -350,6 +370,7 @@ def render_html(compare: dict, config: dict, figures: dict, enrichment: dict, gr
         "predicted change (minus the sum of the removed images' scores; its magnitude is uncalibrated and no "
         "verdict reads it), and the paired contrasts of the top-k with each control.</p>"
         f"{validation_html(validations)}</section>",
+        (f"<section id=\"lds\"><h2>Attribution quality (LDS)</h2>{lds_html(lds)}</section>" if lds else ""),
         f"<section id=\"curves\"><h2>Removal curves</h2>{img('curves', 'removal curves')}</section>",
         "<section id=\"training\"><h2>Base-task test accuracy of every ensemble</h2>"
         + _table(["condition", "images removed", "mean test acc", "per member", "check", "learned"], train_rows)
@@ -384,6 +405,7 @@ def build(files: dict, out: dict, cfg: dict) -> str:
     truths = {c: t for c in concepts if (t := artifacts.concept_truth(files["probe_sets"][c])) is not None}
     k = ablation_size(len(next(iter(scores.values()))), cfg["ablation"])
     validations = {c: artifacts.read_json(files["validate"][c]) for c in concepts}
+    lds = {c: artifacts.read_json(p) for c, p in (files.get("lds") or {}).items()}
     curves_figure(validations, out["curves"])
     forest_figure(validations, out["forest"])
     depth_figure(compare, summaries, concepts, layers, "acc", out["accuracy"])
@@ -396,7 +418,7 @@ def build(files: dict, out: dict, cfg: dict) -> str:
     figures = {name: Path(out[name]).relative_to(folder).as_posix()
                for name in ("accuracy", "sparsity", "scores", "enrichment", "curves", "forest")}
     grids = {c: Path(out["grids"][c]).relative_to(folder).as_posix() for c in concepts}
-    artifacts.write_text(out["html"], render_html(compare, cfg["config"], figures, enrichment, grids, validations))
+    artifacts.write_text(out["html"], render_html(compare, cfg["config"], figures, enrichment, grids, validations, lds))
     return str(Path(out["html"]).resolve())
 
 

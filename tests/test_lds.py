@@ -1,0 +1,33 @@
+"""The LDS measure: Spearman over subsets of predicted and actual readouts."""
+import numpy as np
+
+from workflow.validation import lds
+
+
+def test_lds_is_1_for_a_monotone_readout_and_near_0_for_a_shuffled_pairing():
+    r = np.random.default_rng(0)
+    pred = r.normal(size=(40, 64))                         # 40 targets x 64 subsets
+    assert np.allclose(lds.spearman(pred, np.exp(3 * pred) - 7), 1.0)          # any increasing function
+    assert np.allclose(lds.spearman(pred, -pred ** 3), -1.0)
+    shuffled = np.stack([r.permutation(row) for row in pred])
+    null = lds.spearman(pred, shuffled)
+    assert abs(null.mean()) < 0.05 and null.std() < 0.2        # sd of a null Spearman over 64 is 1/sqrt(63)
+
+
+def test_ties_share_their_mean_rank_and_constant_sides_are_undefined():
+    assert np.allclose(lds.ranks(np.array([3.0, 1.0, 3.0, 2.0])), [2.5, 0.0, 2.5, 1.0])
+    assert np.isnan(lds.spearman(np.array([1.0, 1.0, 1.0]), np.array([1.0, 2.0, 3.0])))
+
+
+def test_predicted_is_minus_the_sum_of_removed_scores_per_target():
+    scores = np.arange(12, dtype=float).reshape(2, 6)
+    out = lds.predicted(scores, [np.array([0, 5]), np.array([1])])
+    assert out.tolist() == [[-5.0, -17.0], [-1.0, -7.0]]
+
+
+def test_bootstrap_interval_brackets_the_point():
+    r = np.random.default_rng(1)
+    a = r.normal(size=32)
+    b = a + r.normal(scale=0.5, size=32)
+    ci = lds.bootstrap_spearman(a, b, seed=0, confidence=0.95)
+    assert ci["lo"] <= ci["point"] <= ci["hi"] and ci["point"] > 0.6

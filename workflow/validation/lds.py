@@ -1,0 +1,182 @@
+"""Attribution quality: the linear datamodeling score (LDS) on the concept readout.
+
+For each fraction f of ``lds.fractions``, S random subsets of the training set are removed
+(``ablation.sets.lds_conditions``) and each is trained as a paired twin of every member m of
+``lds.members``. Base member m's probe at the concept's location is held fixed and applied
+to each twin: the *actual* readout is its output on each of the concept's TRAK targets and
+the selectivity (mean output on the targets minus on the scored negatives). An estimator's
+*predicted* readout of a subset is the sum of its scores over the images kept, which ranks
+the subsets as minus the sum over the images removed. LDS per target is the Spearman
+correlation over the S subsets of predicted and actual; the figure is its mean over targets
+(and members) with a t-interval over them. The aggregate readout's LDS is the same
+correlation for the selectivity, with a bootstrap interval over subsets.
+
+Rank correlation is the measure because attribution magnitudes are not calibrated. The
+baselines give one score per image for every target: ``hardest`` ranks by the ensemble's
+mean out-to-loss term (1 - p(correct)), ``random`` draws seeded noise per (target, image)
+(its LDS is about 0). A baseline that scores targets and negatives alike predicts no
+change of the selectivity, so its aggregate LDS is undefined (reported as such).
+"""
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from .. import artifacts, stats
+from ..probing.summary import location_index
+from ..seeding import rng as seeded_rng
+from .validate import probe_readout
+
+log = logging.getLogger(__name__)
+
+
+def ranks(x: np.ndarray) -> np.ndarray:
+    """Average ranks along the last axis (ties share their mean rank)."""
+    x = np.asarray(x, float)
+    order = np.argsort(x, axis=-1, kind="stable")
+    r = np.empty_like(x)
+    np.put_along_axis(r, order, np.arange(x.shape[-1], dtype=float) * np.ones_like(x), axis=-1)
+    flat_x, flat_r = x.reshape(-1, x.shape[-1]), r.reshape(-1, x.shape[-1])
+    for row_x, row_r in zip(flat_x, flat_r):      # ties: mean rank (few rows, short)
+        vals, inv, counts = np.unique(row_x, return_inverse=True, return_counts=True)
+        if len(vals) < len(row_x):
+            sums = np.bincount(inv, weights=row_r)
+            row_r[:] = (sums / counts)[inv]
+    return flat_r.reshape(x.shape)
+
+
+def spearman(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Spearman correlation along the last axis of two arrays of the same shape; nan where
+    either side is constant."""
+    ra, rb = ranks(a), ranks(b)
+    ra -= ra.mean(-1, keepdims=True)
+    rb -= rb.mean(-1, keepdims=True)
+    den = np.sqrt((ra * ra).sum(-1) * (rb * rb).sum(-1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(den > 0, (ra * rb).sum(-1) / np.where(den > 0, den, 1), np.nan)
+
+
+def predicted(scores: np.ndarray, removed: list) -> np.ndarray:
+    """[S, T]: minus the sum of each target's scores over each subset's removed images (the
+    sum over the kept images minus a constant per target: the same ranks over subsets)."""
+    return np.stack([-scores[:, np.asarray(r, np.int64)].sum(1, dtype=np.float64) for r in removed])
+
+
+def bootstrap_spearman(a: np.ndarray, b: np.ndarray, seed: int, confidence: float, n_boot: int = 2000) -> dict:
+    """Spearman of two length-S vectors with a percentile bootstrap interval over the S subsets."""
+    point = float(spearman(a, b))
+    if not np.isfinite(point):
+        return {"point": float("nan"), "lo": float("nan"), "hi": float("nan")}
+    idx = np.random.default_rng(seed).integers(0, len(a), (n_boot, len(a)))
+    boots = spearman(a[idx], b[idx])
+    boots = boots[np.isfinite(boots)]
+    q = (1 - confidence) / 2
+    lo, hi = np.quantile(boots, [q, 1 - q]) if len(boots) else (np.nan, np.nan)
+    return {"point": point, "lo": float(lo), "hi": float(hi)}
+
+
+def estimator_scores(name: str, trak: dict, hardness: np.ndarray, seed: int) -> dict:
+    """{"targets": [T, n], "negatives": [Tn, n] or None} for an estimator."""
+    t, neg = trak["per_target"], trak["per_negative"]
+    n = t.shape[1]
+    if name == "trak":
+        return {"targets": t, "negatives": neg}
+    if name == "hardest":
+        return {"targets": np.broadcast_to(hardness, t.shape), "negatives": None}
+    if name == "random":
+        g = seeded_rng(seed, "lds", "random-estimator")
+        return {"targets": g.standard_normal((t.shape[0], n)),
+                "negatives": None if neg is None else g.standard_normal((neg.shape[0], n))}
+    raise ValueError(f"lds.estimators: unknown estimator {name!r}")
+
+
+def lds(concept: str, cfg: dict, probe_set_path, probes_path, activation_paths: dict, ablation_paths: dict,
+        score_paths: dict, feature_paths: dict) -> tuple:
+    """(result dict, arrays for the HDF5 file). ``activation_paths``: {"base" or subset:
+    {member: file}}; ``ablation_paths``: {subset: file}; ``score_paths``: {layer: file};
+    ``feature_paths``: {member: {checkpoint: file}} (their out-to-loss terms)."""
+    confidence, designs, members = cfg["confidence"], cfg["designs"], [int(m) for m in cfg["members"]]
+    ps = artifacts.probe_set(probe_set_path, images=False)
+    labels, held = ps["labels"], ps["heldout"]
+    table = artifacts.probes_table(probes_path)
+    location = table["layers"][location_index(table["heldout_bal_acc"])]
+    per_target, targets = artifacts.per_target_scores(score_paths[location])
+    per_negative, negatives = artifacts.negative_scores(score_paths[location])
+    if negatives is None:
+        negatives = np.flatnonzero(held & (labels == 0))
+    trak = {"per_target": per_target.astype(np.float64),
+            "per_negative": None if per_negative is None else per_negative.astype(np.float64)}
+    hardness = np.mean([artifacts.features(p, arrays=("out_to_loss",))["out_to_loss"]
+                        for by_ckpt in feature_paths.values() for p in by_ckpt.values()], axis=0)
+    probes = {m: artifacts.probe(probes_path, m, location) for m in members}
+
+    def readout(m, path):
+        return probe_readout(probes[m], artifacts.activations(path)[location], labels, held, targets, negatives)
+
+    base = {m: readout(m, activation_paths["base"][str(m)]) for m in members}
+    result = {"concept": concept, "location": location, "members": members, "n_targets": int(len(targets)),
+              "n_negatives": int(len(negatives)), "confidence": confidence, "estimators": cfg["estimators"],
+              "fractions": {}}
+    arrays = {}
+    for fraction in sorted({d["fraction"] for d in designs.values()}):
+        names = sorted((n for n, d in designs.items() if d["fraction"] == fraction),
+                       key=lambda n: designs[n]["subset"])
+        removed = [artifacts.ablation(ablation_paths[n])["removed"] for n in names]
+        reads = {m: [readout(m, activation_paths[n][str(m)]) for n in names] for m in members}
+        actual_t = np.stack([[r["targets"] for r in reads[m]] for m in members])           # [M, S, T]
+        actual_sel = np.array([[r["selectivity"] for r in reads[m]] for m in members])      # [M, S]
+        entry = {"n_subsets": len(names), "n_removed": int(len(removed[0])),
+                 "actual_selectivity_change": stats.t_interval(
+                     (actual_sel - np.array([[base[m]["selectivity"]] for m in members])).ravel(), confidence),
+                 "estimators": {}}
+        for est in cfg["estimators"]:
+            sc = estimator_scores(est, trak, hardness, cfg["seed"])
+            pred_t = predicted(sc["targets"], removed)                                     # [S, T]
+            per_target = spearman(np.broadcast_to(pred_t.T, actual_t.transpose(0, 2, 1).shape),
+                                  actual_t.transpose(0, 2, 1))                               # [M, T]
+            finite = per_target[np.isfinite(per_target)]
+            agg = {"point": float("nan"), "lo": float("nan"), "hi": float("nan")}
+            if sc["negatives"] is not None:
+                pred_sel = pred_t.mean(1) - predicted(sc["negatives"], removed).mean(1)     # [S]
+                per_member = [bootstrap_spearman(pred_sel, actual_sel[i], cfg["seed"] + i, confidence)
+                              for i in range(len(members))]
+                agg = {k: float(np.mean([p[k] for p in per_member])) for k in ("point", "lo", "hi")}
+            entry["estimators"][est] = {
+                "per_target": stats.t_interval(finite, confidence) if len(finite) else None,
+                "n_defined": int(len(finite)), "aggregate": agg}
+            arrays[f"{fraction:g}/{est}/lds_per_target"] = per_target
+            arrays[f"{fraction:g}/{est}/predicted"] = pred_t
+        arrays[f"{fraction:g}/actual_targets"] = actual_t
+        arrays[f"{fraction:g}/actual_selectivity"] = actual_sel
+        result["fractions"][f"{fraction:g}"] = entry
+    return result, arrays
+
+
+def format_text(result: dict) -> str:
+    c = result
+    lines = [f"{c['concept']}: LDS on the concept readout at {c['location']} (fixed base probe; {c['n_targets']} "
+             f"targets, members {c['members']}; Spearman over subsets of predicted vs actual readout, "
+             f"mean over targets [{int(100 * c['confidence'])}% t-interval]; selectivity: bootstrap over subsets)",
+             f"  {'fraction':>8} {'subsets':>7} {'removed':>7} {'estimator':<9} {'LDS per target':>26} "
+             f"{'LDS selectivity':>26}"]
+    for f, e in c["fractions"].items():
+        for est, v in e["estimators"].items():
+            pt = v["per_target"]
+            pt_s = "undefined" if pt is None else stats.fmt(pt, 3, True)
+            agg = v["aggregate"]
+            agg_s = ("undefined (same scores for targets and negatives)" if not np.isfinite(agg["point"])
+                     else stats.fmt(agg, 3, True))
+            lines.append(f"  {f:>8} {e['n_subsets']:7d} {e['n_removed']:7d} {est:<9} {pt_s:>26} {agg_s:>26}")
+    return "\n".join(lines)
+
+
+def lds_stage(job) -> str:
+    i = job.input
+    result, arrays = lds(job.wildcards["concept"], job.params, i["probe_set"], i["probes"], i["activations"],
+                         i["ablations"], i["scores"], i["features"])
+    text = format_text(result)
+    artifacts.write_lds(job.output["h5"], job.params, result["concept"], result["location"], arrays)
+    artifacts.write_json(job.output["json"], result)
+    artifacts.write_text(job.output["txt"], text + "\n")
+    return text
