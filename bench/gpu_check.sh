@@ -26,24 +26,28 @@ case "${1:-}" in
 esac
 
 # What the GPU image lacks (it has torch, torchvision, numpy, scipy, scikit-learn, h5py,
-# matplotlib, pillow, pyyaml, tqdm): the workflow engine and TRAK, pinned as requirements.txt.
-WHEELS="snakemake==9.27.1 snakemake-interface-common snakemake-interface-executor-plugins
-snakemake-interface-storage-plugins snakemake-interface-report-plugins snakemake-interface-logger-plugins
-snakemake-interface-scheduler-plugins snakemake-executor-plugin-slurm==2.8.0
-snakemake-executor-plugin-slurm-jobstep snakemake-storage-plugin-fs traker==0.3.2 appdirs conda-inject
-configargparse connection-pool datrie docutils dpath gitpython gitdb smmap humanfriendly immutables
-jinja2 markupsafe jsonschema jsonschema-specifications referencing rpds-py attrs nbformat fastjsonschema
-jupyter-core traitlets platformdirs packaging psutil pulp pyyaml requests charset-normalizer idna
-urllib3 certifi reretry smart-open wrapt tabulate throttler yte argparse-dataclass pytest pytest-timeout
-pluggy iniconfig"
+# matplotlib, pillow, pyyaml, tqdm, pytest, pytest-timeout): the dependency closure of snakemake,
+# its SLURM plugin and traker as installed by requirements.txt, minus the image's packages.
+WHEELS="annotated-types==0.8.0 argparse-dataclass==2.0.0 conda-inject==1.3.2 configargparse==1.9.0
+connection-pool==0.0.3 docutils==0.22.4 dpath==2.2.0 fastjsonschema==2.22.3 gitdb==4.0.12 gitpython==3.2.1
+greenlet==3.5.6 humanfriendly==10.0 immutables==0.21 jsonschema==4.26.0 jsonschema-specifications==2025.9.1
+jupyter-core==5.9.1 nbformat==5.11.1 platformdirs==4.14.9 pulp==3.3.2 pydantic==2.14.4 pydantic-core==2.50.5
+referencing==0.37.0 rpds-py==2026.9.1 smart-open==7.7.1 smmap==5.0.3 snakemake==9.27.1
+snakemake-executor-plugin-slurm==2.8.0 snakemake-executor-plugin-slurm-jobstep==0.6.1
+snakemake-interface-common==1.23.0 snakemake-interface-executor-plugins==9.4.0
+snakemake-interface-logger-plugins==2.1.0 snakemake-interface-report-plugins==1.3.0
+snakemake-interface-scheduler-plugins==2.0.2 snakemake-interface-storage-plugins==4.4.1 sqlalchemy==2.0.58
+sqlmodel==0.0.37 tenacity==9.2.1 throttler==1.2.3 traitlets==5.16.1 traker==0.3.2 typing-inspection==0.4.5
+tzdata==2026.6 yte==1.9.4"
 
 if [ "$MODE" = wheels ]; then
-  grep -qx "/.whl/" .git/info/exclude 2>/dev/null || echo "/.whl/" >> .git/info/exclude
   mkdir -p .whl
   for w in $WHEELS; do
     python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
       --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
-      --platform any -d .whl "$w" || echo "no wheel for $w" >&2
+      --platform any -d .whl "$w" 2>/dev/null \
+      || python3 -m pip wheel -q --no-deps -w .whl "$w" \
+      || echo "no wheel for $w" >&2                           # sdist-only, pure Python: built here
   done
   du -sh .whl
   exit 0
