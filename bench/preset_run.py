@@ -94,7 +94,7 @@ def main(argv=None) -> int:
     cfg = preset_config(wd, a.device, a.device == "cuda")
     (wd / "preset.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
     generated = time.time() - t0
-    cmd = [str(Path(sys.executable).with_name("snakemake")), "-s", str(REPO / "Snakefile"), "--profile",
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--profile",
            str(REPO / "profiles" / "default"), "--configfile", str(wd / "preset.yaml"), "--cores", str(a.cores),
            "--resources", "gpu=1"]
     t1 = time.time()

@@ -14,6 +14,14 @@ def test_the_recorded_command_drops_dry_runs_and_earlier_forcing(monkeypatch):
                                                 "target.h5 --forcerun r.h5")
 
 
+def test_python_m_snakemake_is_recorded_as_a_runnable_command(monkeypatch):
+    import sys
+
+    monkeypatch.setenv(rerun.ENV, "")
+    rerun.record(["/site/snakemake/__main__.py", "--cores", "1"])
+    assert rerun.command("r.h5") == f"{sys.executable} -m snakemake --cores 1 --forcerun r.h5"
+
+
 def test_without_a_recorded_command_the_hint_is_the_plain_one(monkeypatch):
     monkeypatch.delenv(rerun.ENV, raising=False)
     assert rerun.command("r.h5") == "snakemake --cores all --forcerun r.h5"

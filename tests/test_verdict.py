@@ -55,3 +55,16 @@ def test_words_state_the_outcome_the_figures_and_the_margin():
     inc = v.words("hilo", v.overall({"random": v.INCONCLUSIVE}, None), {"top - random": ci(0.1, -1, 1.2, mde=2.5)},
                   v.margin(None, {}, 0.25), "selectivity")
     assert inc.startswith("hilo: INCONCLUSIVE") and "detectable >= 2.500" in inc and math.isfinite(2.5)
+
+
+def test_a_separation_the_wrong_way_is_said_in_words():
+    """On the demo, TRAK's top curved images lowered the selectivity less than as many random
+    curved images: top - matched +0.298 [+0.048, +0.547]. Not a lowering, so not supported; the
+    text says so instead of leaving it inside 'inconclusive'."""
+    contrasts = {"top - random": ci(0.045, -0.193, 0.282), "top - matched": ci(0.298, 0.048, 0.547)}
+    m = v.margin(ORACLE, DOSES, 0.25)
+    outcomes = {k.split(" - ")[1]: v.classify(c, m["value"]) for k, c in contrasts.items()}
+    result = v.overall(outcomes, ORACLE)
+    assert result["outcome"] == v.INCONCLUSIVE
+    text = v.words("curved", result, contrasts, m, "selectivity")
+    assert text.endswith("NOTE: the top-k lowered the selectivity significantly LESS than matched did")

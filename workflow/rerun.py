@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import sys
 
 ENV = "CONCEPT_ATTRIBUTION_COMMAND"
 FALLBACK = ["snakemake", "--cores", "all"]
@@ -35,8 +36,12 @@ def clean(argv: list) -> list:
 
 
 def record(argv: list) -> None:
-    """Remember the user's Snakemake command line for this run's jobs (the main process only)."""
-    os.environ[ENV] = shlex.join(clean(list(argv)))
+    """Remember the user's Snakemake command line for this run's jobs (the main process only);
+    ``python -m snakemake`` is recorded as such (its argv[0] is the package's __main__.py)."""
+    argv = list(argv)
+    if argv and argv[0].endswith("__main__.py"):
+        argv = [sys.executable, "-m", "snakemake", *argv[1:]]
+    os.environ[ENV] = shlex.join(clean(argv))
 
 
 def command(path) -> str:

@@ -360,7 +360,8 @@ def render_html(compare: dict, config: dict, figures: dict, enrichment: dict, gr
         "retraining move the concept or change its sparsity, and does it change what the probe reads as TRAK "
         "predicts? Each retrained member is the twin of a base member (same initialisation, order and "
         "augmentation, minus the removed images); intervals are t-intervals over the paired per-member "
-        "differences; a change is called when the interval excludes zero, and every null states the smallest "
+        "differences; a change is called when the interval excludes zero (for the integer measures, sparsity and "
+        "location, also an exact sign-flip test, since members tie), and every null states the smallest "
         "change the design could detect (80% power).</p>",
         f"<section id=\"answer\"><h2>Answer</h2>{answer_html(validations, figures['forest'])}</section>",
         f"<section id=\"verdicts\"><h2>Verdicts</h2>{verdicts}<p class=\"note\">Bold rows: the concept the "

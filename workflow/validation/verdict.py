@@ -94,4 +94,8 @@ def words(concept: str, result: dict, contrasts: dict, delta: dict, what: str) -
                 f"detectable >= {mde:.3f}" + (f" ({result['note']})" if result.get("note") else ""))
     pc = result.get("positive_control_detected")
     tail = "" if pc is None else ("; positive control detected" if pc else "; positive control NOT detected")
+    opposite = [name.split(" - ", 1)[1] for name, ci in contrasts.items() if ci["lo"] > 0]
+    if opposite:   # a separation the wrong way is a finding too: say it, whatever the outcome
+        tail += (f"; NOTE: the top-k lowered the {what} significantly LESS than " + " and ".join(opposite)
+                 + " did")
     return f"{head}: {detail}; margin: {delta['basis']}{tail}"
