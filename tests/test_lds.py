@@ -31,3 +31,26 @@ def test_bootstrap_interval_brackets_the_point():
     b = a + r.normal(scale=0.5, size=32)
     ci = lds.bootstrap_spearman(a, b, seed=0, confidence=0.95)
     assert ci["lo"] <= ci["point"] <= ci["hi"] and ci["point"] > 0.6
+
+
+def test_the_mean_lds_interval_resamples_subsets_and_covers_0_for_uninformative_scores():
+    """Targets share their subsets, and an estimator's predictions for different targets are
+    alike (TRAK's are: one concept): its per-target LDS values move together, so an interval
+    over targets is far too narrow. Scores unrelated to the readout must not look significant."""
+    from workflow import stats
+
+    r = np.random.default_rng(2)
+    actual = r.normal(size=(1, 16, 1)) + 0.3 * r.normal(size=(1, 16, 50))     # [M, S, T]: shared drift
+    hits = naive_hits = 0
+    for seed in range(20):
+        g = np.random.default_rng(100 + seed)
+        pred = g.normal(size=(16, 1)) + 0.3 * g.normal(size=(16, 50))        # [S, T], unrelated to actual
+        ci = lds.bootstrap_mean_lds(pred, actual, seed=seed, confidence=0.95, n_boot=300)
+        hits += ci["lo"] <= 0 <= ci["hi"]
+        per_target = lds.spearman(np.broadcast_to(pred.T, (1, 50, 16)), actual.transpose(0, 2, 1)).ravel()
+        naive = stats.t_interval(per_target)
+        naive_hits += naive["lo"] <= 0 <= naive["hi"]
+    assert hits >= 17                                          # about 95% coverage of the true 0
+    assert naive_hits <= 10                                    # what the interval over targets did
+    good = lds.bootstrap_mean_lds(actual[0] + 0.1 * r.normal(size=(16, 50)), actual, seed=0, confidence=0.95)
+    assert good["lo"] > 0.5

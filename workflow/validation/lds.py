@@ -8,8 +8,10 @@ the selectivity (mean output on the targets minus on the scored negatives). An e
 *predicted* readout of a subset is the sum of its scores over the images kept, which ranks
 the subsets as minus the sum over the images removed. LDS per target is the Spearman
 correlation over the S subsets of predicted and actual; the figure is its mean over targets
-(and members) with a t-interval over them. The aggregate readout's LDS is the same
-correlation for the selectivity, with a bootstrap interval over subsets.
+(and members) with a bootstrap interval over subsets (the targets share their subsets, so
+an interval over targets would be too narrow: a random estimator's excluded 0). The
+aggregate readout's LDS is the same correlation for the selectivity, with a bootstrap
+interval over subsets.
 
 Rank correlation is the measure because attribution magnitudes are not calibrated. The
 baselines give one score per image for every target: ``hardest`` ranks by the ensemble's
@@ -22,6 +24,7 @@ from __future__ import annotations
 import logging
 
 import numpy as np
+from scipy.stats import rankdata
 
 from .. import artifacts, stats
 from ..probing.summary import location_index
@@ -32,18 +35,8 @@ log = logging.getLogger(__name__)
 
 
 def ranks(x: np.ndarray) -> np.ndarray:
-    """Average ranks along the last axis (ties share their mean rank)."""
-    x = np.asarray(x, float)
-    order = np.argsort(x, axis=-1, kind="stable")
-    r = np.empty_like(x)
-    np.put_along_axis(r, order, np.arange(x.shape[-1], dtype=float) * np.ones_like(x), axis=-1)
-    flat_x, flat_r = x.reshape(-1, x.shape[-1]), r.reshape(-1, x.shape[-1])
-    for row_x, row_r in zip(flat_x, flat_r):      # ties: mean rank (few rows, short)
-        vals, inv, counts = np.unique(row_x, return_inverse=True, return_counts=True)
-        if len(vals) < len(row_x):
-            sums = np.bincount(inv, weights=row_r)
-            row_r[:] = (sums / counts)[inv]
-    return flat_r.reshape(x.shape)
+    """Ranks along the last axis from 0 (ties share their mean rank)."""
+    return rankdata(np.asarray(x, float), axis=-1) - 1.0
 
 
 def spearman(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -74,6 +67,29 @@ def bootstrap_spearman(a: np.ndarray, b: np.ndarray, seed: int, confidence: floa
     q = (1 - confidence) / 2
     lo, hi = np.quantile(boots, [q, 1 - q]) if len(boots) else (np.nan, np.nan)
     return {"point": point, "lo": float(lo), "hi": float(hi)}
+
+
+def bootstrap_mean_lds(pred: np.ndarray, actual: np.ndarray, seed: int, confidence: float,
+                       n_boot: int = 1000) -> dict | None:
+    """The mean over members and targets of the per-target LDS, with a percentile bootstrap
+    interval over subsets: the targets share their subsets, so their LDS values are not
+    independent and an interval over targets would be too narrow (a random estimator's
+    excluded 0). ``pred``: [S, T]; ``actual``: [M, S, T]."""
+    def mean_lds(idx):
+        p = np.broadcast_to(pred[idx].T, (actual.shape[0], pred.shape[1], len(idx)))
+        v = spearman(p, actual[:, idx, :].transpose(0, 2, 1))
+        return float(np.nanmean(v)) if np.isfinite(v).any() else float("nan")
+
+    s = pred.shape[0]
+    point = mean_lds(np.arange(s))
+    if not np.isfinite(point):
+        return None
+    g = np.random.default_rng(seed)
+    boots = np.array([mean_lds(g.integers(0, s, s)) for _ in range(n_boot)])
+    boots = boots[np.isfinite(boots)]
+    q = (1 - confidence) / 2
+    lo, hi = np.quantile(boots, [q, 1 - q])
+    return {"point": point, "lo": float(lo), "hi": float(hi), "n_boot": int(len(boots))}
 
 
 def estimator_scores(name: str, trak: dict, hardness: np.ndarray, seed: int) -> dict:
@@ -143,7 +159,7 @@ def lds(concept: str, cfg: dict, probe_set_path, probes_path, activation_paths: 
                               for i in range(len(members))]
                 agg = {k: float(np.mean([p[k] for p in per_member])) for k in ("point", "lo", "hi")}
             entry["estimators"][est] = {
-                "per_target": stats.t_interval(finite, confidence) if len(finite) else None,
+                "per_target": bootstrap_mean_lds(pred_t, actual_t, cfg["seed"], confidence) if len(finite) else None,
                 "n_defined": int(len(finite)), "aggregate": agg}
             arrays[f"{fraction:g}/{est}/lds_per_target"] = per_target
             arrays[f"{fraction:g}/{est}/predicted"] = pred_t
@@ -157,7 +173,7 @@ def format_text(result: dict) -> str:
     c = result
     lines = [f"{c['concept']}: LDS on the concept readout at {c['location']} (fixed base probe; {c['n_targets']} "
              f"targets, members {c['members']}; Spearman over subsets of predicted vs actual readout, "
-             f"mean over targets [{int(100 * c['confidence'])}% t-interval]; selectivity: bootstrap over subsets)",
+             f"mean over targets; [{int(100 * c['confidence'])}% bootstrap intervals over subsets])",
              f"  {'fraction':>8} {'subsets':>7} {'removed':>7} {'estimator':<9} {'LDS per target':>26} "
              f"{'LDS selectivity':>26}"]
     for f, e in c["fractions"].items():
