@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
-# The GPU checks in one script, sized for about 12 minutes on one H100/H200-class GPU:
+# The GPU checks in one script for one H100/H200-class GPU, each step with its own time limit
+# (540 s in all, so one device call of 600 s holds it; the sizes are estimates, not yet run there):
 #   1. the `cuda` tests (pytest -m cuda);
 #   2. bench/scale.py --device cuda: every stage's memory at two training-set sizes, and
 #      training's img/s against its bare forward+backward floor (full-width ResNet-18, 224 px);
 #   3. bench/featurize.py at width 64: TRAK featurization against its floor;
 #   4. bench/preset_run.py: a short preset-shaped run (generated ImageFolder at 224 px,
 #      full-width ResNet-18, every stage once), with each stage's time.
-# Everything it measures lands in $OUT (default gpu_check_out/): one JSON per step, one log per
-# step and steps.json (return code and seconds of each). Then, here:
+# Everything it measures lands in $OUT (default gpu_check_out/; the device tool's own $OUT there):
+# machine.json, one JSON per benchmark, steps.json (return code and seconds of each step) and
+# logs.txt (every step's output): six files. Then, here:
 #   .venv/bin/python bench/gpu_hours.py --scale-json gpu_check_out/scale.json
 #
 # Usage:
@@ -55,6 +57,7 @@ fi
 
 OUT="${OUT:-gpu_check_out}"
 mkdir -p "$OUT"
+: > "$OUT/logs.txt"
 PY="${PYTHON:-python3}"
 if [ "$MODE" = gpu ] && [ -d .whl ]; then
   "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
@@ -64,11 +67,11 @@ if [ "$MODE" = gpu ] && [ -d .whl ]; then
 fi
 export PYTHONPATH="$PWD:${PYTHONPATH:-}" PYTHONUNBUFFERED=1
 if [ "$MODE" = gpu ]; then
-  DEV=cuda; SCALE_N=2048; FEAT="--images 512 --widths 64 --proj-dims 2048 --stock-images 128"
-  PRESET="--images 4096 --cores 16"; LIMIT=240
+  DEV=cuda; SCALE_N=1024; FEAT="--images 512 --widths 64 --proj-dims 2048 --stock-images 128"
+  PRESET="--images 4096 --cores 16"; LIMIT_SCALE=1     # 540 s at most: one device call of 600 s
 else
   DEV=cpu; SCALE_N=8; FEAT="--images 8 --widths 8 --proj-dims 64 --stock-images 4"
-  PRESET="--images 24 --cores 2"; LIMIT=900
+  PRESET="--images 24 --cores 2"; LIMIT_SCALE=5       # a CPU is slower
 fi
 "$PY" - <<'EOF' > "$OUT/machine.json" 2>&1
 import json, platform, torch
@@ -80,21 +83,25 @@ EOF
 
 echo "[" > "$OUT/steps.json"
 first=1
-step() {   # step NAME COMMAND...: run with a time limit, log to $OUT/NAME.log, record rc and seconds
-  local name=$1; shift
+step() {   # step NAME SECONDS COMMAND...: run within SECONDS (x LIMIT_SCALE), append its output to
+           # $OUT/logs.txt, record rc and seconds
+  local name=$1 limit=$(( $2 * LIMIT_SCALE )); shift 2
   local t0; t0=$(date +%s)
+  local log; log=$(mktemp)
   echo "== $name: $*"
-  timeout "$LIMIT" "$@" > "$OUT/$name.log" 2>&1
+  timeout "$limit" "$@" > "$log" 2>&1
   local rc=$?
+  { echo "======== $name (rc=$rc): $*"; cat "$log"; } >> "$OUT/logs.txt"
   [ $first = 1 ] || echo "," >> "$OUT/steps.json"
   first=0
   echo "{\"step\": \"$name\", \"rc\": $rc, \"seconds\": $(( $(date +%s) - t0 ))}" >> "$OUT/steps.json"
-  echo "   rc=$rc in $(( $(date +%s) - t0 )) s; tail:"; tail -n 3 "$OUT/$name.log" | sed 's/^/   /'
+  echo "   rc=$rc in $(( $(date +%s) - t0 )) s; tail:"; tail -n 3 "$log" | sed 's/^/   /'
+  rm -f "$log"
 }
 
-step cuda_tests "$PY" -m pytest -q -p no:cacheprovider -m cuda tests
-step scale "$PY" bench/scale.py --device "$DEV" --n "$SCALE_N" --json "$OUT/scale.json"
-step featurize "$PY" bench/featurize.py --device "$DEV" $FEAT --json "$OUT/featurize.json"
-step preset_run "$PY" bench/preset_run.py --device "$DEV" $PRESET --json "$OUT/preset_run.json"
+step cuda_tests 90 "$PY" -m pytest -q -p no:cacheprovider -m cuda tests
+step scale 180 "$PY" bench/scale.py --device "$DEV" --n "$SCALE_N" --json "$OUT/scale.json"
+step featurize 90 "$PY" bench/featurize.py --device "$DEV" $FEAT --json "$OUT/featurize.json"
+step preset_run 180 "$PY" bench/preset_run.py --device "$DEV" $PRESET --json "$OUT/preset_run.json"
 echo "]" >> "$OUT/steps.json"
 cat "$OUT/steps.json"
