@@ -13,7 +13,7 @@ PACKAGE = REPO / "workflow"
 # stage families in pipeline order; a family may import only itself, earlier families
 # and the shared modules
 FAMILIES = ["data", "model", "probing", "attribution", "ablation", "validation", "report"]
-SHARED = {"artifacts", "atomic", "config", "seeding", "stats", "runtime", "provenance", "stages", "cli", "__main__", ""}
+SHARED = {"artifacts", "atomic", "config", "seeding", "stats", "runtime", "provenance", "rerun", "stages", "cli", "__main__", ""}
 
 
 def modules():

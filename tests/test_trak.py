@@ -129,7 +129,7 @@ def test_gather_refuses_corrupted_or_missing_shard(tiny_model):
         trak_features.gather(paths[:2], d / "bad.h5", cfg)
     raw = paths[2].read_bytes()
     paths[2].write_bytes(raw[: len(raw) // 3])
-    with pytest.raises(CorruptFileError, match=r"bad_shard2\.h5: corrupt or truncated HDF5 file, not used .*rm "):
+    with pytest.raises(CorruptFileError, match=r"bad_shard2\.h5: corrupt or truncated HDF5 file, not used .*--forcerun "):
         trak_features.gather(paths, d / "bad.h5", cfg)
     assert not (d / "bad.h5").exists()
 

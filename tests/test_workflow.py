@@ -116,7 +116,8 @@ def plus(*dicts):
 
 
 TRAK = {"featurize": N * N_SHARDS, "gather_features": N, "score": 1, "trak_report": 1}
-# the LDS stage (tiny.yaml: 2 fractions x 3 subsets, member 0): one job per concept, and its twins
+# the LDS stage (tiny.yaml: fractions x subsets twins of member 0): one job per concept, and its twins
+N_LDS_F = len(TINY["lds"]["fractions"])
 LDS = {"lds": C}
 N_LDS = len(TINY["lds"]["fractions"]) * TINY["lds"]["subsets"] * len(TINY["lds"]["members"])
 LDS_RETRAIN = {"train": N_LDS, "activations": N_LDS, "lds": C}
@@ -144,7 +145,8 @@ EDITS = {
     "spawn epoch: the retrained twins, not the base run": (
         ("ablation", "spawn_epoch", 1), plus(retrain(N_COND - 1), REPORT, VALIDATE, LDS_RETRAIN)),
     "LDS subsets: the new subsets' twins and the LDS stage, nothing else": (
-        ("lds", "subsets", 4), {"ablate": 2, "train": 2, "activations": 2, "lds": C, "report_html": 1, "all": 1}),
+        ("lds", "subsets", TINY["lds"]["subsets"] + 1),
+        {"ablate": N_LDS_F, "train": N_LDS_F, "activations": N_LDS_F, "lds": C, "report_html": 1, "all": 1}),
     "validate measure: validate and the report only": (("compare", "validate_measure", "output_targets"),
                                                       plus({"report_html": 1, "all": 1}, VALIDATE)),
 }
