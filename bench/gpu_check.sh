@@ -71,7 +71,7 @@ if [ "$MODE" = gpu ]; then
   PRESET="--images 4096 --cores 16"; LIMIT_SCALE=1     # 540 s at most: one device call of 600 s
 else
   DEV=cpu; SCALE_N=8; FEAT="--images 8 --widths 8 --proj-dims 64 --stock-images 4"
-  PRESET="--images 24 --cores 2"; LIMIT_SCALE=5       # a CPU is slower
+  PRESET="--images 16 --cores 2"; LIMIT_SCALE=5       # a CPU is slower
 fi
 "$PY" - <<'EOF' > "$OUT/machine.json" 2>&1
 import json, platform, torch

@@ -58,7 +58,7 @@ def preset_config(root: Path, device: str, gpu: bool) -> dict:
             c["classes"] = [0, 1]
         else:
             c.update(positives=str(root / "hilo" / "positives"), negatives=str(root / "hilo" / "negatives"))
-    cfg["probe_set"]["size"] = 32
+    cfg["probe_set"]["size"] = 32 if gpu else 8
     cfg["ensemble"]["size"] = 2
     cfg["train"].update(epochs=2, checkpoint_every=1, device=device, batch_size=256 if gpu else 4)
     cfg["activations"]["device"] = device
