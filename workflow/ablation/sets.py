@@ -38,7 +38,6 @@ log = logging.getLogger(__name__)
 
 CONCEPT_KINDS_WITH_TRUTH = ("planted", "classes")
 SCORED = ("top", "bottom")
-KINDS = ("top", "bottom", "random", "oracle", "matched")
 
 
 def sizes(a: dict) -> list:
@@ -112,14 +111,20 @@ def bottom_k(scores: np.ndarray, k: int) -> np.ndarray:
     return np.sort(order[:k])
 
 
+def seeded_first(items, k: int, seed: int, *keys) -> np.ndarray:
+    """The first k of one seeded permutation of ``items`` (a count n, for 0..n-1, or an index
+    array), sorted: sets of different sizes drawn with the same keys are nested."""
+    return np.sort(seeded_rng(seed, *keys).permutation(items)[:k])
+
+
 def random_k(n_train: int, k: int, seed: int) -> np.ndarray:
-    """The first k of one seeded permutation: random sets of different sizes are nested."""
-    return np.sort(seeded_rng(seed, "ablation", "random").permutation(n_train)[:k])
+    """k random training images; random sets of different sizes are nested."""
+    return seeded_first(n_train, k, seed, "ablation", "random")
 
 
 def subset(n_train: int, k: int, seed: int, fraction: float, s: int) -> np.ndarray:
     """The removed images of LDS subset ``s`` at ``fraction``: k drawn with a seed of its own."""
-    return np.sort(seeded_rng(seed, "lds", f"{fraction:g}", s).permutation(n_train)[:k])
+    return seeded_first(n_train, k, seed, "lds", f"{fraction:g}", s)
 
 
 def oracle(truth: np.ndarray) -> np.ndarray:
@@ -131,8 +136,7 @@ def matched(truth: np.ndarray, top_removed: np.ndarray, seed: int, concept: str)
     images among ``top_removed``: the first k' of one seeded permutation (nested across sizes)."""
     truth = np.asarray(truth, bool)
     k = int(truth[np.asarray(top_removed, np.int64)].sum())
-    members = np.flatnonzero(truth)
-    return np.sort(seeded_rng(seed, "ablation", "matched", concept).permutation(members)[:k])
+    return seeded_first(np.flatnonzero(truth), k, seed, "ablation", "matched", concept)
 
 
 def build(design: dict, n_train: int, cfg: dict, scores=None, truth=None, location=None, top_removed=None):

@@ -247,8 +247,8 @@ def validate(concept: str, cfg: dict, probe_set_path, probes_path, activation_pa
     result["positive_control"] = oracle
     result["doses"] = doses
     result["measure"] = cfg["measure"]
-    result["verdict"] = verdict(concept, main, oracle, doses, cfg["measure"], cfg.get("margin_fraction", 0.25),
-                                cfg.get("margin_absolute"))
+    result["verdict"] = verdict(concept, main, oracle, doses, cfg["measure"], cfg["margin_fraction"],
+                                cfg["margin_absolute"])
     result["curves"] = curves(loc, designs, concept, confidence)
     return result
 
