@@ -8,6 +8,7 @@ LDS_INPUTS = {
     "activations": keyed(ACTIVATIONS, condition=["base", *LDS_SUBSETS], member=LDS_MEMBERS),
     "ablations": keyed(ABLATION, condition=list(LDS_SUBSETS)),
     "scores": keyed(partial(SCORES, condition="base"), layer=LAYERS),
+    "margin": partial(MARGIN_SCORES, condition="base"),
     "features": keyed(partial(FEATURES, condition="base"), member=MEMBERS, ckpt=TRAK_CKPTS),
 }
 LDS_OUTPUTS = {"h5": f"{LDS}.h5", "json": f"{LDS}.json", "txt": f"{LDS}.txt"}

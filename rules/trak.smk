@@ -7,6 +7,7 @@ SHARD = f"{RESULTS}/{{condition}}/trak/features/m{{member}}/{{ckpt}}/shard{{shar
 FEATURES = f"{RESULTS}/{{condition}}/trak/features/m{{member}}_{{ckpt}}.h5"
 SCORES = f"{RESULTS}/{{condition}}/trak/scores/{{concept}}/{{layer}}.h5"
 ENRICHMENT = f"{RESULTS}/{{condition}}/trak/scores/{{concept}}/{{layer}}.json"
+MARGIN_SCORES = f"{RESULTS}/{{condition}}/trak/scores/{{concept}}/classification_margin.h5"
 
 FEATURIZE_INPUTS = {"model": MODEL, "data": BASE}
 FEATURIZE_OUTPUTS = {"shards": keyed(SHARD, ckpt=TRAK_CKPTS)}
@@ -61,7 +62,8 @@ SCORE_INPUTS = {"probe_sets": keyed(PROBE_SET, concept=CONCEPTS), "probes": keye
                 "models": keyed(MODEL, member=MEMBERS),
                 "features": keyed(FEATURES, member=MEMBERS, ckpt=TRAK_CKPTS)}
 SCORE_OUTPUTS = {"scores": keyed(SCORES, concept=CONCEPTS, layer=LAYERS),
-                 "enrichment": keyed(ENRICHMENT, concept=CONCEPTS, layer=LAYERS)}
+                 "enrichment": keyed(ENRICHMENT, concept=CONCEPTS, layer=LAYERS),
+                 "margin": keyed(MARGIN_SCORES, concept=CONCEPTS)}
 
 
 rule score:

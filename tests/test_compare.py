@@ -15,11 +15,11 @@ BASE = summary([[0.5, 0.6, 0.95, 0.8], [0.5, 0.62, 0.93, 0.82], [0.5, 0.61, 0.94
                [[2, 3, 5, 9], [2, 3, 6, 9], [2, 4, 5, 8]])
 
 
-def test_no_change_reads_unchanged():
+def test_no_change_reads_no_change_detected():
     c = compare.compare_concept(BASE, BASE, LAYERS, 0.95)
     v = compare.verdict(c, True, "")
     assert not v["any_change"]
-    assert v["text"].startswith("location unchanged: layer2 -> layer2; sparsity unchanged: 5.3 -> 5.3 "
+    assert v["text"].startswith("location the same: layer2 -> layer2; sparsity no change detected: 5.3 -> 5.3 "
                                 "(diff +0.0 [-1.0, +1.0], sign-flip p 1.00, detectable >= 1.3)")
     assert all(r["acc_delta"]["point"] == 0 and r["acc_delta"]["lo"] == r["acc_delta"]["hi"] == 0
                for r in c["per_layer"])
@@ -30,7 +30,7 @@ def test_a_noisy_null_states_what_it_could_have_detected():
                     [[2, 3, 9, 9], [2, 3, 3, 9], [2, 4, 6, 8]])
     v = compare.verdict(compare.compare_concept(BASE, noisy, LAYERS, 0.95), True, "")
     assert not v["sparsity_changed"] and not v["accuracy_changed"]
-    mde = float(v["text"].split("sparsity unchanged")[1].split("detectable >= ")[1].split(")")[0])
+    mde = float(v["text"].split("sparsity no change detected")[1].split("detectable >= ")[1].split(")")[0])
     assert mde > 5                                   # 3 members with this spread cannot see small changes
 
 
@@ -75,3 +75,23 @@ def test_failed_training_is_flagged_and_concept_images_are_left_out_of_the_check
     assert out["conditions"]["random"]["concepts"]["c"]["verdict"]["text"].startswith("NOT INTERPRETABLE")
     text = compare.format_verdicts(out)
     assert "FAILED TO LEARN" in text and "oracle-c" in text
+
+
+def test_tied_accuracy_differences_are_not_called_a_change():
+    """Every member's held-out balanced accuracy drops by exactly one image's step: the spread
+    is 0 and a plain t-interval collapses to a point that "excludes" 0. The spread is floored at
+    the rounding error of the accuracy's resolution, as for integer measures."""
+    from workflow import stats
+
+    step = stats.balanced_accuracy_step([300, 300])                  # 0.5 / 300
+    base = {**BASE, "acc_step": step}
+    tied = summary((np.asarray(BASE["acc_per_member"]) - step).tolist(), BASE["sparsity_k_per_member"])
+    plain = stats.paired(np.asarray(tied["acc_per_member"])[:, 2], np.asarray(BASE["acc_per_member"])[:, 2])
+    assert plain["changed"] and plain["lo"] == plain["hi"]           # the bug: a point "interval"
+    c = compare.compare_concept(base, tied, LAYERS, 0.95)
+    d = c["per_layer"][2]["acc_delta"]
+    assert not d["changed"] and d["lo"] < 0 < d["hi"] and d["sd_floor"] == step * stats.RESOLUTION_SD
+    assert "accuracy at layer2 no change detected" in compare.verdict(c, True, "")["text"]
+    # a change many steps wide is still called with 3 members
+    moved = summary((np.asarray(BASE["acc_per_member"]) - 20 * step).tolist(), BASE["sparsity_k_per_member"])
+    assert compare.compare_concept(base, moved, LAYERS, 0.95)["per_layer"][2]["acc_delta"]["changed"]

@@ -54,3 +54,16 @@ def test_the_mean_lds_interval_resamples_subsets_and_covers_0_for_uninformative_
     assert naive_hits <= 10                                    # what the interval over targets did
     good = lds.bootstrap_mean_lds(actual[0] + 0.1 * r.normal(size=(16, 50)), actual, seed=0, confidence=0.95)
     assert good["lo"] > 0.5
+
+
+def test_margin_is_the_correct_logit_minus_the_logsumexp_of_the_others():
+    import torch
+
+    from workflow.attribution.features import margin
+
+    r = np.random.default_rng(3)
+    z, y = r.normal(size=(7, 5)) * 4, r.integers(0, 5, 7)
+    by_hand = [z[i, y[i]] - np.log(sum(np.exp(z[i, j]) for j in range(5) if j != y[i])) for i in range(7)]
+    np.testing.assert_allclose(lds.margin_of(z, y), by_hand, rtol=1e-12)
+    # the readout the LDS stage measures is the output function TRAK's margin scores differentiate
+    np.testing.assert_allclose(margin(torch.tensor(z), torch.tensor(y)).numpy(), by_hand, rtol=1e-12)

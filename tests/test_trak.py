@@ -60,6 +60,11 @@ def test_scores_with_projection_off_equal_the_closed_form():
         np.testing.assert_allclose(feats, phi, rtol=1e-4, atol=1e-5)
         np.testing.assert_allclose(otl, otl_hand, rtol=1e-4, atol=1e-6)
         np.testing.assert_allclose(g, g_hand, rtol=1e-4, atol=1e-5)
+        # the classification-margin targets (the LDS stage's literature readout), batched with their classes
+        target_y = np.arange(t) % C
+        gm = trak_scores.margin_gradients(model, grads, target_imgs, target_y, m, batch_size=2)
+        np.testing.assert_allclose(gm, np.stack([margin_grad_by_hand(W, b, xt[i], target_y[i]) for i in range(t)]),
+                                   rtol=1e-4, atol=1e-5)
         hand_parts.append((phi, g_hand, otl_hand))
     # TRAK by hand: tau(t, i) = mean_m [g_m(t)^T (Phi_m^T Phi_m)^-1 phi_m(i)] * mean_m out_to_loss_m(i)
     def ridge_inv(p):

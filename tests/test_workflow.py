@@ -490,3 +490,21 @@ def test_lds_on_the_tiny_run_writes_every_field(tiny_run):
                     assert -1 <= v["per_target"]["point"] <= 1 and v["per_target"]["lo"] <= v["per_target"]["hi"]
                 agg = v["aggregate"]
                 assert np.isnan(agg["point"]) == (est == "hardest")        # same scores for targets and negatives
+            # the literature's LDS: the same targets' classification margin at their class
+            assert r["margin"]
+            m_scores, m_targets, m_classes = artifacts.margin_scores(
+                res / "base" / "trak" / "scores" / concept / "classification_margin.h5")
+            ps = artifacts.probe_set(res / "data" / f"probe_{concept}.h5", images=False)
+            np.testing.assert_array_equal(m_classes, ps["classes"][m_targets])
+            np.testing.assert_allclose(arrays[f"{frac}/trak/margin_predicted"],
+                                       np.stack([-m_scores.astype(np.float64)[:, rm].sum(1) for rm in removed]),
+                                       rtol=1e-9, atol=1e-12)
+            member = lds_cfg["members"][0]
+            logits = artifacts.logits(res / f"lds{frac}-s00" / "activations" / f"m{member}" / f"{concept}.h5")
+            z = logits[m_targets].astype(np.float64)
+            correct = z[np.arange(len(z)), m_classes]
+            z[np.arange(len(z)), m_classes] = -np.inf
+            by_hand_margin = correct - np.log(np.exp(z).sum(1))
+            np.testing.assert_allclose(arrays[f"{frac}/actual_margins"][0, 0], by_hand_margin, rtol=1e-6)
+            for v in e["estimators"].values():
+                assert -1 <= v["margin"]["point"] <= 1 and v["margin"]["lo"] <= v["margin"]["hi"]

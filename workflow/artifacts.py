@@ -165,10 +165,14 @@ class BaseReader:
 
 
 def write_probe_set(path, cfg: dict, concept: str, images, labels, heldout, train_truth=None,
-                    test_truth=None) -> None:
+                    test_truth=None, classes=None) -> None:
+    """``labels``: 1 for the concept's images, 0 for the others; ``classes``: each image's
+    class id in the base dataset (-1 where it has none: folder concepts)."""
     with atomic.h5(path, cfg, concept=concept) as f:
         f.create_dataset("images", data=images)
         f.create_dataset("labels", data=np.asarray(labels, np.int64))
+        f.create_dataset("classes", data=np.asarray(classes if classes is not None else np.full(len(labels), -1),
+                                                    np.int64))
         f.create_dataset("heldout", data=np.asarray(heldout, bool))
         if train_truth is not None:
             f.create_dataset("train_concept_mask", data=np.asarray(train_truth, bool))
@@ -177,9 +181,11 @@ def write_probe_set(path, cfg: dict, concept: str, images, labels, heldout, trai
 
 
 def probe_set(path, images: bool = True) -> dict:
-    """{"labels" 0/1, "heldout" bool[, "images"]} of a concept's probe set."""
+    """{"labels" 0/1, "heldout" bool, "classes" (class ids, -1 where none)[, "images"]} of a
+    concept's probe set."""
     with reading(path) as f:
-        out = {"labels": f["labels"][()].astype(np.int64), "heldout": f["heldout"][()].astype(bool)}
+        out = {"labels": f["labels"][()].astype(np.int64), "heldout": f["heldout"][()].astype(bool),
+               "classes": f["classes"][()].astype(np.int64) if "classes" in f else np.full(len(f["labels"]), -1)}
         if images:
             out["images"] = f["images"][()]
         return out
@@ -252,10 +258,12 @@ def model_checkpoints(path) -> list:
 # -- activations ------------------------------------------------------------------------------
 
 
-def write_activations(path, cfg: dict, acts: dict) -> None:
+def write_activations(path, cfg: dict, acts: dict, logits=None) -> None:
     with atomic.h5(path, cfg, layers=list(acts)) as f:
         for layer, a in acts.items():
             f.create_dataset(layer, data=a)
+        if logits is not None:
+            f.create_dataset("logits", data=np.asarray(logits, np.float32))
 
 
 def activations(path) -> dict:
@@ -264,19 +272,29 @@ def activations(path) -> dict:
         return {str(k): f[k][()] for k in f.attrs["layers"]}
 
 
+def logits(path) -> np.ndarray:
+    """The model's class logits [N, classes] on the probe set's images."""
+    with reading(path) as f:
+        if "logits" not in f:
+            raise ValueError(f"{path}: no logits (made by an older version); rebuild it")
+        return f["logits"][()]
+
+
 # -- probes -----------------------------------------------------------------------------------
 
 PROBE_ARRAYS = ("coef", "mean", "scale")
 PATH_ARRAYS = ("path_C", "path_nnz", "path_acc")
 
 
-def write_probes(path, cfg: dict, layers: list, members: list, fits: dict) -> None:
+def write_probes(path, cfg: dict, layers: list, members: list, fits: dict, heldout_counts=()) -> None:
     """``fits``: {(member, layer): {"probe": {coef, mean, scale, intercept, C}, "path": {...},
-    "heldout_bal_acc", "train_bal_acc", "sparsity_k", "sparsity_reached", "n_channels"}}."""
+    "heldout_bal_acc", "train_bal_acc", "sparsity_k", "sparsity_reached", "n_channels"}};
+    ``heldout_counts``: the held-out images per class (the balanced accuracy's resolution)."""
     shape = (len(members), len(layers))
     table = {key: np.zeros(shape, np.int64 if key == "sparsity_k" else np.float64)
              for key in ("heldout_bal_acc", "train_bal_acc", "sparsity_k")}
-    with atomic.h5(path, cfg, layers=list(layers), members=list(members)) as f:
+    with atomic.h5(path, cfg, layers=list(layers), members=list(members),
+                   heldout_counts=[int(n) for n in heldout_counts]) as f:
         for i, m in enumerate(members):
             for j, layer in enumerate(layers):
                 fit = fits[(m, layer)]
@@ -303,9 +321,11 @@ def probe(path, member, layer) -> dict:
 
 
 def probes_table(path) -> dict:
-    """{layers, members, heldout_bal_acc, train_bal_acc, sparsity_k [members x layers], config}."""
+    """{layers, members, heldout_bal_acc, train_bal_acc, sparsity_k [members x layers], config,
+    heldout_counts (held-out images per class)}."""
     with reading(path) as f:
         return {"layers": [str(s) for s in f.attrs["layers"]], "members": [int(m) for m in f.attrs["members"]],
+                "heldout_counts": [int(n) for n in f.attrs.get("heldout_counts", [])],
                 **{k: f[k][()] for k in ("heldout_bal_acc", "train_bal_acc", "sparsity_k")},
                 "config": json_attr(f, "config")}
 
@@ -394,6 +414,24 @@ def negative_scores(path):
         if "per_negative" not in f:
             return None, None
         return f["per_negative"][()], f["negative_indices"][()]
+
+
+def write_margin_scores(path, cfg: dict, concept: str, per_target, target_indices, classes, n_models: int) -> None:
+    """TRAK scores [T, n] of each target's classification margin at its class; ``per_target``
+    None where the targets have no classes (the file then says so)."""
+    with atomic.h5(path, cfg, concept=concept, n_models=n_models, defined=per_target is not None) as f:
+        f.create_dataset("target_indices", data=np.asarray(target_indices, np.int64))
+        if per_target is not None:
+            f.create_dataset("per_target", data=np.asarray(per_target, np.float32))
+            f.create_dataset("classes", data=np.asarray(classes, np.int64))
+
+
+def margin_scores(path):
+    """(per_target [T, n], target_indices [T], classes [T]) of the margin, or None where undefined."""
+    with reading(path) as f:
+        if "per_target" not in f:
+            return None
+        return f["per_target"][()], f["target_indices"][()], f["classes"][()]
 
 
 def per_target_scores(path):

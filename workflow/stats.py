@@ -73,17 +73,33 @@ def sign_flip_p(diffs) -> float:
     return float(np.mean(means >= abs(d.mean()) - 1e-12))
 
 
-def paired_integer(cond, base, confidence: float = 0.95) -> dict:
-    """``paired`` for integer measures: the spread floored at RESOLUTION_SD, and "changed" only when
-    the interval excludes 0 and the exact sign-flip p-value is at most 1 - confidence."""
+def paired_quantized(cond, base, step: float, confidence: float = 0.95, exact: bool = False) -> dict:
+    """``paired`` for a measure that moves in steps of ``step`` (an integer count: 1; a balanced
+    accuracy over held-out classes of n_0 and n_1 images: 0.5 / max(n_0, n_1)). Members can then
+    tie exactly, the spread is 0 and the t-interval collapses to a point; the spread is floored
+    at the rounding error of a difference of two quantized values, ``step * RESOLUTION_SD``.
+    ``exact``: "changed" also needs the exact sign-flip p-value at most 1 - confidence."""
     d = np.asarray(cond, float) - np.asarray(base, float)
     ci = t_interval(d, confidence)
+    floor = float(step) * RESOLUTION_SD
+    p = sign_flip_p(d)
     if ci["n"] < 2:
-        return {**ci, "p_sign_flip": 1.0, "sd_floor": RESOLUTION_SD}
-    sd = max(ci["sd"], RESOLUTION_SD)
+        return {**ci, "p_sign_flip": p, "sd_floor": floor}
+    sd = max(ci["sd"], floor)
     se = sd / math.sqrt(ci["n"])
     t_c = float(_st.t.ppf((1 + confidence) / 2, ci["n"] - 1))
     lo, hi = ci["point"] - t_c * se, ci["point"] + t_c * se
-    p = sign_flip_p(d)
+    changed = (lo > 0 or hi < 0) and (not exact or p <= 1 - confidence)
     return {**ci, "lo": lo, "hi": hi, "mde": (t_c + float(_st.t.ppf(POWER, ci["n"] - 1))) * se,
-            "changed": bool((lo > 0 or hi < 0) and p <= 1 - confidence), "p_sign_flip": p, "sd_floor": RESOLUTION_SD}
+            "changed": bool(changed), "p_sign_flip": p, "sd_floor": floor}
+
+
+def paired_integer(cond, base, confidence: float = 0.95) -> dict:
+    """``paired_quantized`` for integer measures (step 1), with the exact sign-flip test."""
+    return paired_quantized(cond, base, 1.0, confidence, exact=True)
+
+
+def balanced_accuracy_step(n_per_class) -> float:
+    """The smallest change of a balanced accuracy over classes of these sizes (one image of the
+    largest class flipping)."""
+    return 0.5 / max(int(n) for n in n_per_class) if len(n_per_class) else 0.0

@@ -29,7 +29,7 @@ from ..model.resnet import to_input
 from ..probing.probe_function import ProbeOutput
 from ..runtime import resolve_device
 from ..seeding import rng as seeded_rng
-from .features import setup
+from .features import margin, setup
 
 log = logging.getLogger(__name__)
 
@@ -45,12 +45,21 @@ def target_indices(probe_set_path, max_targets: int, seed: int, concept: str, la
     return idx
 
 
-def target_gradients(model, grads, fn, images, model_id: int, batch_size: int) -> np.ndarray:
-    """Projected per-example gradients [T, k] of the batched output ``fn(model, x) -> [B]``."""
+def target_gradients(model, grads, fn, images, model_id: int, batch_size: int, aux=None) -> np.ndarray:
+    """Projected per-example gradients [T, k] of the batched output ``fn(model, x) -> [B]``
+    (``fn(model, x, aux) -> [B]`` with ``aux`` [T], e.g. the targets' classes)."""
     device = next(model.parameters()).device
-    out = [grads(model, fn, to_input(images[s:s + batch_size]).to(device), model_id=model_id)[0].float().cpu()
-           for s in range(0, len(images), batch_size)]
+    extra = (lambda s: ()) if aux is None else (lambda s: (torch.as_tensor(aux[s:s + batch_size]).to(device),))
+    out = [grads(model, fn, to_input(images[s:s + batch_size]).to(device), *extra(s), model_id=model_id)[0]
+           .float().cpu() for s in range(0, len(images), batch_size)]
     return torch.cat(out).numpy()
+
+
+def margin_gradients(model, grads, images, classes, model_id: int, batch_size: int) -> np.ndarray:
+    """Projected per-example gradients [T, k] of the classification margin (TRAK's training
+    output function) of each target at its class: the literature's LDS target."""
+    return target_gradients(model, grads, lambda m, xb, yb: margin(m(xb), yb), images, model_id, batch_size,
+                            aux=np.asarray(classes, np.int64))
 
 
 def probe_gradients(model, grads, probe: dict, layer: str, images, model_id: int, batch_size: int) -> np.ndarray:
@@ -126,7 +135,8 @@ def enrichment(scores: np.ndarray, truth: np.ndarray, fraction: float, seed: int
 
 
 def concept_targets(probe_set_path, concept: str, tcfg: dict, seed: int):
-    """(target indices, negative indices, their images stacked: targets first) of one concept."""
+    """(target indices, negative indices, their images stacked: targets first, the targets'
+    classes or None where the probe set has none) of one concept."""
     tidx = target_indices(probe_set_path, tcfg["max_targets"], seed, concept)
     if len(tidx) == 0:
         raise ValueError(f"{probe_set_path}: concept {concept!r} has no held-out positives to use as TRAK targets")
@@ -134,7 +144,8 @@ def concept_targets(probe_set_path, concept: str, tcfg: dict, seed: int):
     # targets and negatives in one pass; the negatives' scores predict the change off the concept
     images = np.concatenate([artifacts.probe_set_images(probe_set_path, tidx),
                              artifacts.probe_set_images(probe_set_path, nidx)])
-    return tidx, nidx, images
+    classes = artifacts.probe_set(probe_set_path, images=False)["classes"][tidx]
+    return tidx, nidx, images, (classes if (classes >= 0).all() else None)
 
 
 def check_features(path, feats: dict, attrs: dict) -> None:
@@ -149,8 +160,10 @@ def score(concepts: dict, layers, models: dict, features: dict, outputs: dict, c
 
     ``concepts``: {concept: (probe set file, probes file)}; ``models``: {member: model
     file}; ``features``: {(member, checkpoint): gathered features}; ``outputs``:
-    {concept: {layer: (scores .h5, enrichment .json)}}. Each checkpoint is set up and its
-    features read once. Returns {concept: {layer: enrichment row}}.
+    {concept: {layer: (scores .h5, enrichment .json), "margin": scores .h5}}: the margin
+    file holds the TRAK scores of the targets' classification margins (the LDS stage's
+    second readout; none where the probe set has no classes). Each checkpoint is set up
+    and its features read once. Returns {concept: {layer: enrichment row}}.
     """
     tcfg = cfg["trak"]
     targets = {c: concept_targets(ps, c, tcfg, cfg["seed"]) for c, (ps, _) in concepts.items()}
@@ -162,12 +175,17 @@ def score(concepts: dict, layers, models: dict, features: dict, outputs: dict, c
         g = {(c, layer): probe_gradients(model, grads, artifacts.probe(concepts[c][1], member, layer), layer,
                                          targets[c][2], attrs["model_id"], tcfg["batch_size"])
              for c in concepts for layer in layers}
+        g.update({(c, "margin"): margin_gradients(model, grads, targets[c][2][:len(targets[c][0])], targets[c][3],
+                                                  attrs["model_id"], tcfg["batch_size"])
+                  for c in concepts if targets[c][3] is not None})
         hardness.append(feats["out_to_loss"])
         ens.add(feats["x_xtx_inv"], g, feats["out_to_loss"])
         del feats, g
     results = {}
     for c, (probe_set_path, _) in concepts.items():
-        tidx, nidx, _ = targets[c]
+        tidx, nidx, _, classes = targets[c]
+        artifacts.write_margin_scores(outputs[c]["margin"], cfg, c, None if classes is None else
+                                      ens.scores((c, "margin")).astype(np.float32), tidx, classes, len(features))
         truth = artifacts.concept_truth(probe_set_path)
         for layer in layers:
             both = ens.scores((c, layer)).astype(np.float32)   # [targets + negatives, n_train]
@@ -193,5 +211,6 @@ def score_stage(job) -> None:
     features = {(int(m), c): p for m, by_ckpt in i["features"].items() for c, p in by_ckpt.items()}
     concepts = {c: (i["probe_sets"][c], i["probes"][c]) for c in i["probe_sets"]}
     layers = list(job.params["layers"])
-    outputs = {c: {layer: (o["scores"][c][layer], o["enrichment"][c][layer]) for layer in layers} for c in concepts}
+    outputs = {c: {**{layer: (o["scores"][c][layer], o["enrichment"][c][layer]) for layer in layers},
+                   "margin": o["margin"][c]} for c in concepts}
     score(concepts, layers, models, features, outputs, job.params)

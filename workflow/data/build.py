@@ -107,14 +107,14 @@ def build_probe_set(cfg: dict, concept: dict, base_path, out_path) -> None:
     train, test = artifacts.base_labels(base_path, "train"), artifacts.base_labels(base_path, "test")
     train_labels, train_planted = train["labels"], train["planted"]
     test_labels, test_planted = test["labels"], test["planted"]
-    kind, truth, test_truth = concept["kind"], None, None
+    kind, truth, test_truth, classes = concept["kind"], None, None, None
     if kind == "planted":
         if d["name"] != "synthetic":
             raise ValueError(f"concepts.{concept['name']}: kind 'planted' needs dataset.name synthetic")
         lab01 = (np.arange(n) % 2 == 0).astype(np.int64)
         rng.shuffle(lab01)
-        images, _, _ = synthetic.generate(n, seed, f"probe/{concept['name']}", 0.0, d["image_size"],
-                                          planted=lab01.astype(bool), same_band_negatives=True)
+        images, classes, _ = synthetic.generate(n, seed, f"probe/{concept['name']}", 0.0, d["image_size"],
+                                                planted=lab01.astype(bool), same_band_negatives=True)
         truth, test_truth = train_planted, test_planted
     elif kind == "classes":
         ids = resolve_classes(concept["classes"], class_names)
@@ -124,12 +124,12 @@ def build_probe_set(cfg: dict, concept: dict, base_path, out_path) -> None:
             lab01 = (np.arange(n) % 2 == 0).astype(np.int64)
             rng.shuffle(lab01)
             labels = np.where(lab01 == 1, rng.choice(ids, n), rng.choice(others, n))
-            images, _, _ = synthetic.generate(n, seed, f"probe/{concept['name']}",
-                                              d["synthetic"]["planted_fraction"], d["image_size"], labels=labels)
+            images, classes, _ = synthetic.generate(n, seed, f"probe/{concept['name']}",
+                                                    d["synthetic"]["planted_fraction"], d["image_size"], labels=labels)
         else:   # from the test split; only the chosen images are read
             idx, lab01 = _balanced_from(np.arange(len(test_labels)), np.isin(test_labels, ids).astype(np.int64), n,
                                         rng)
-            images = artifacts.base_split(base_path, "test", idx)[0]
+            images, classes = artifacts.base_split(base_path, "test", idx)[0], test_labels[idx]
     elif kind == "folders":
         pos = imagefolder.list_images(concept["positives"])
         neg = imagefolder.list_images(concept["negatives"])
@@ -145,7 +145,7 @@ def build_probe_set(cfg: dict, concept: dict, base_path, out_path) -> None:
         raise ValueError(f"concepts.{concept['name']}.kind: unknown kind {kind!r}")
     heldout = split_heldout(lab01, cfg["probe_set"]["heldout_fraction"], rng)
     artifacts.write_probe_set(out_path, {**cfg, "concept": concept}, concept["name"], images, lab01, heldout,
-                              truth, test_truth)
+                              truth, test_truth, classes=classes)
     log.info("probe set %s: %d images (%d positive), %d held out", concept["name"], len(lab01),
              int(lab01.sum()), int(heldout.sum()))
 

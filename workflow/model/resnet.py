@@ -47,9 +47,10 @@ class ScalableResNet18(ResNet):
         return super().forward(self.normalize(x))
 
     def layer_outputs(self, x: torch.Tensor, layers) -> dict:
-        """Spatial feature maps at the named layers (one partial forward pass)."""
+        """Spatial feature maps at the named layers (one partial forward pass); the pseudo-layer
+        ``logits`` adds the classifier's output [B, classes]."""
         wanted = set(layers)
-        unknown = wanted - set(LAYERS)
+        unknown = wanted - set(LAYERS) - {"logits"}
         if unknown:
             raise ValueError(f"unknown layer(s) {sorted(unknown)}; choose from {LAYERS}")
         out = {}
@@ -64,11 +65,13 @@ class ScalableResNet18(ResNet):
             h = getattr(self, name)(h)
             if name in wanted:
                 out[name] = h
+        if "logits" in wanted:
+            out["logits"] = self.fc(torch.flatten(self.avgpool(h), 1))
         return out
 
     def pooled(self, x: torch.Tensor, layers) -> dict:
-        """Per-channel spatial means at the named layers: {layer: [B, C_l]}."""
-        return {k: v.mean(dim=(2, 3)) for k, v in self.layer_outputs(x, layers).items()}
+        """Per-channel spatial means at the named layers: {layer: [B, C_l]} (``logits`` as is)."""
+        return {k: v.mean(dim=(2, 3)) if v.ndim == 4 else v for k, v in self.layer_outputs(x, layers).items()}
 
 
 def build(arch: dict) -> ScalableResNet18:

@@ -17,7 +17,8 @@ log = logging.getLogger(__name__)
 
 @torch.no_grad()
 def pooled_activations(model, images: np.ndarray, layers, device, batch_size: int = 256) -> dict:
-    """{layer: float32 [N, C_l]}: spatial means of each channel of each layer's output."""
+    """{layer: float32 [N, C_l]}: spatial means of each channel of each layer's output (the
+    pseudo-layer ``logits``: the classifier's output)."""
     model.eval()
     out = {layer: [] for layer in layers}
     for s in tqdm(range(0, len(images), batch_size), desc="activations", mininterval=5):
@@ -35,8 +36,10 @@ def extract(model_path, probe_sets: dict, out_paths: dict, cfg: dict) -> None:
     model = checkpoints.load(model_path, "final", device)
     for concept, images_path in probe_sets.items():
         images = artifacts.probe_set(images_path)["images"]
-        acts = pooled_activations(model, images, cfg["layers"], device, cfg["activations"]["batch_size"])
-        artifacts.write_activations(out_paths[concept], cfg, acts)
+        acts = pooled_activations(model, images, [*cfg["layers"], "logits"], device,
+                                  cfg["activations"]["batch_size"])
+        logits = acts.pop("logits")   # for the classification margin (the LDS stage)
+        artifacts.write_activations(out_paths[concept], cfg, acts, logits=logits)
         log.info("%s: %s", concept, ", ".join(f"{layer} {a.shape}" for layer, a in acts.items()))
 
 

@@ -106,7 +106,7 @@ def fit_concept(probe_set_path, activation_paths: dict, out_path, cfg: dict, con
                                 "sparsity_k": sp["k"], "sparsity_reached": sp["reached"], "n_channels": x.shape[1]}
             log.info("member %s %-7s acc %.3f (C=%g) sparsity k=%d/%d%s", m, layer, acc, dense["C"], sp["k"],
                      x.shape[1], "" if sp["reached"] else " (not reached)")
-    artifacts.write_probes(out_path, cfg, layers, members, fits)
+    artifacts.write_probes(out_path, cfg, layers, members, fits, heldout_counts=np.bincount(y[held], minlength=2))
 
 
 def probes_stage(job) -> None:

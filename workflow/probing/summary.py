@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import artifacts
+from .. import artifacts, stats
 
 
 def location_index(acc) -> int:
@@ -37,6 +37,7 @@ def summarise(probe_paths: dict) -> dict:
             "sparsity_k_mean": k.mean(0).tolist(), "sparsity_k_per_member": k.tolist(),
             "location": s["layers"][loc],
             "location_acc": float(mean[loc]),
+            "acc_step": stats.balanced_accuracy_step(s["heldout_counts"]),   # the accuracy's resolution
         }
     return out
 

@@ -4,9 +4,12 @@ Per concept, layer and condition: the change in probe accuracy, in concept locat
 and in probing sparsity. Members are paired (member m of a condition is the retrained
 twin of base member m), so each comparison is a t-interval over the per-member
 differences (``workflow.stats``), with its minimal detectable effect: a change is called
-when the interval excludes zero, and every "unchanged" states the smallest change the
-design could have detected. The integer measures (sparsity k, the location's index) use
-``stats.paired_integer``, which stays valid when members tie.
+when the interval excludes zero. A null is not evidence of no change: it reads "no change
+detected" with the smallest change the design could have detected (an equivalence claim
+is the validate stage's, against a stated margin). The integer measures (sparsity k, the location's index) use
+``stats.paired_integer``, which stays valid when members tie; the balanced accuracy moves in
+steps too (one held-out image), and its spread is floored the same way
+(``stats.paired_quantized``).
 
 Every retrained ensemble's base-task test accuracy is checked first: on the test
 images without the condition's concept (which it may legitimately fail after losing
@@ -42,7 +45,7 @@ def compare_concept(base: dict, cond: dict, layers: list, confidence: float) -> 
         per_layer.append({
             "layer": layer,
             "acc_base": stats.t_interval(a_b[:, j], confidence), "acc_cond": stats.t_interval(a_c[:, j], confidence),
-            "acc_delta": stats.paired(a_c[:, j], a_b[:, j], confidence),
+            "acc_delta": stats.paired_quantized(a_c[:, j], a_b[:, j], base.get("acc_step", 0.0), confidence),
             "k_base": stats.t_interval(k_b[:, j], confidence), "k_cond": stats.t_interval(k_c[:, j], confidence),
             "k_delta": stats.paired_integer(k_c[:, j], k_b[:, j], confidence),
         })
@@ -58,7 +61,7 @@ def compare_concept(base: dict, cond: dict, layers: list, confidence: float) -> 
     }
 
 
-def _unchanged(ci: dict, digits: int) -> str:
+def _detectable(ci: dict, digits: int) -> str:
     return f"detectable >= {ci['mde']:.{digits}f}"
 
 
@@ -70,7 +73,7 @@ def verdict(c: dict, ok: bool, acc_note: str) -> dict:
     loc_changed = c["location_base"] != c["location_cond"] and shift["changed"]
     sp_changed, acc_changed = row["k_delta"]["changed"], row["acc_delta"]["changed"]
     if c["location_base"] == c["location_cond"]:
-        loc = f"location unchanged: {c['location_base']} -> {c['location_cond']}"
+        loc = f"location the same: {c['location_base']} -> {c['location_cond']}"
     else:
         loc = (f"location {'changed' if loc_changed else 'moved, not significantly'}: {c['location_base']} -> "
                f"{c['location_cond']} (member shift {shift['point']:+.1f} [{shift['lo']:+.1f},{shift['hi']:+.1f}] "
@@ -78,12 +81,12 @@ def verdict(c: dict, ok: bool, acc_note: str) -> dict:
     kd, ad = row["k_delta"], row["acc_delta"]
     parts = [
         loc,
-        f"sparsity {'changed' if sp_changed else 'unchanged'}: {row['k_base']['point']:.1f} -> "
+        f"sparsity {'changed' if sp_changed else 'no change detected'}: {row['k_base']['point']:.1f} -> "
         f"{row['k_cond']['point']:.1f} (diff {stats.fmt(kd, 1, True)}, sign-flip p {kd['p_sign_flip']:.2f}"
-        + ("" if sp_changed else f", {_unchanged(kd, 1)}") + ")",
-        f"accuracy at {c['location_base']} {'changed' if acc_changed else 'unchanged'}: "
+        + ("" if sp_changed else f", {_detectable(kd, 1)}") + ")",
+        f"accuracy at {c['location_base']} {'changed' if acc_changed else 'no change detected'}: "
         f"{row['acc_base']['point']:.3f} -> {row['acc_cond']['point']:.3f} (diff {stats.fmt(ad, 3, True)}"
-        + ("" if acc_changed else f", {_unchanged(ad, 3)}") + ")",
+        + ("" if acc_changed else f", {_detectable(ad, 3)}") + ")",
     ]
     text = "; ".join(parts)
     if not ok:

@@ -282,22 +282,26 @@ def validation_html(validations: dict) -> str:
 
 
 def lds_html(lds: dict) -> str:
-    """The LDS table: per concept, fraction and estimator, the LDS per target and of the selectivity."""
+    """The LDS table: per concept, fraction and estimator, the LDS per target and of the
+    selectivity, and the LDS of the same targets' classification margin."""
     rows = []
     for concept, r in lds.items():
         for f, e in r["fractions"].items():
             for est, v in e["estimators"].items():
-                agg = v["aggregate"]
+                agg, mg = v["aggregate"], v.get("margin")
                 rows.append([concept, r["location"], f, e["n_subsets"], e["n_removed"], est,
                              "undefined" if v["per_target"] is None else stats.fmt(v["per_target"], 3, True),
-                             "undefined" if not np.isfinite(agg["point"]) else stats.fmt(agg, 3, True)])
+                             "undefined" if not np.isfinite(agg["point"]) else stats.fmt(agg, 3, True),
+                             ("undefined (no classes)" if not r.get("margin") else
+                              "undefined" if mg is None else stats.fmt(mg, 3, True))])
     return (_table(["concept", "layer", "fraction", "subsets", "removed", "estimator", "LDS per target (mean)",
-                    "LDS of the selectivity"], rows)
+                    "LDS of the selectivity", "LDS of the classification margin"], rows)
             + "<p class=\"note\">LDS: the Spearman correlation, over random training subsets each removed and "
             "retrained as a paired twin, between an estimator's predicted readout (the sum of its scores over the "
             "images kept) and the actual readout of the base probe held fixed. 1 = the estimator ranks the subsets "
-            "exactly; about 0 = no better than random scores. Per target: mean over the concept's TRAK targets "
-            "with a t-interval; selectivity: a bootstrap interval over subsets. Baselines that score targets and "
+            "exactly; about 0 = no better than random scores. Per target: mean over the concept's TRAK targets; "
+            "intervals: bootstrap over subsets. The margin column is the literature's LDS (the targets' "
+            "classification margin at their class, with TRAK scores of that margin). Baselines that score targets and "
             "negatives alike cannot predict the selectivity (undefined).</p>")
 
 

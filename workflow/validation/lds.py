@@ -13,6 +13,12 @@ an interval over targets would be too narrow: a random estimator's excluded 0). 
 aggregate readout's LDS is the same correlation for the selectivity, with a bootstrap
 interval over subsets.
 
+The same is computed for the targets' classification margin (z_y - logsumexp_{j != y} z_j
+at each target's class y, TRAK's own output function), so the figures compare with the
+literature: actual from each twin's logits, predicted from the TRAK scores of that margin
+(``classification_margin.h5``); the baselines rank images the same for both readouts.
+Folder concepts have no classes: their margin LDS is undefined.
+
 Rank correlation is the measure because attribution magnitudes are not calibrated. The
 baselines give one score per image for every target: ``hardest`` ranks by the ensemble's
 mean out-to-loss term (1 - p(correct)), ``random`` draws seeded noise per (target, image)
@@ -92,8 +98,19 @@ def bootstrap_mean_lds(pred: np.ndarray, actual: np.ndarray, seed: int, confiden
     return {"point": point, "lo": float(lo), "hi": float(hi), "n_boot": int(len(boots))}
 
 
-def estimator_scores(name: str, trak: dict, hardness: np.ndarray, seed: int) -> dict:
-    """{"targets": [T, n], "negatives": [Tn, n] or None} for an estimator."""
+def margin_of(logits: np.ndarray, classes: np.ndarray) -> np.ndarray:
+    """Classification margin z_y - logsumexp_{j != y} z_j of each row at its class (float64)."""
+    z = np.asarray(logits, np.float64)
+    rows = np.arange(len(z))
+    others = z.copy()
+    others[rows, classes] = -np.inf
+    top = others.max(1)
+    return z[rows, classes] - (top + np.log(np.exp(others - top[:, None]).sum(1)))
+
+
+def estimator_scores(name: str, trak: dict, hardness: np.ndarray, seed: int, readout: str = "concept") -> dict:
+    """{"targets": [T, n], "negatives": [Tn, n] or None} for an estimator on ``readout``
+    ("concept": the probe's output; "margin": the classification margin)."""
     t, neg = trak["per_target"], trak["per_negative"]
     n = t.shape[1]
     if name == "trak":
@@ -101,17 +118,18 @@ def estimator_scores(name: str, trak: dict, hardness: np.ndarray, seed: int) -> 
     if name == "hardest":
         return {"targets": np.broadcast_to(hardness, t.shape), "negatives": None}
     if name == "random":
-        g = seeded_rng(seed, "lds", "random-estimator")
+        g = seeded_rng(seed, "lds", "random-estimator", *(() if readout == "concept" else (readout,)))
         return {"targets": g.standard_normal((t.shape[0], n)),
                 "negatives": None if neg is None else g.standard_normal((neg.shape[0], n))}
     raise ValueError(f"lds.estimators: unknown estimator {name!r}")
 
 
 def lds(concept: str, cfg: dict, probe_set_path, probes_path, activation_paths: dict, ablation_paths: dict,
-        score_paths: dict, feature_paths: dict) -> tuple:
+        score_paths: dict, feature_paths: dict, margin_path=None) -> tuple:
     """(result dict, arrays for the HDF5 file). ``activation_paths``: {"base" or subset:
     {member: file}}; ``ablation_paths``: {subset: file}; ``score_paths``: {layer: file};
-    ``feature_paths``: {member: {checkpoint: file}} (their out-to-loss terms)."""
+    ``feature_paths``: {member: {checkpoint: file}} (their out-to-loss terms);
+    ``margin_path``: the TRAK scores of the targets' classification margins."""
     confidence, designs, members = cfg["confidence"], cfg["designs"], [int(m) for m in cfg["members"]]
     ps = artifacts.probe_set(probe_set_path, images=False)
     labels, held = ps["labels"], ps["heldout"]
@@ -130,10 +148,20 @@ def lds(concept: str, cfg: dict, probe_set_path, probes_path, activation_paths: 
     def readout(m, path):
         return probe_readout(probes[m], artifacts.activations(path)[location], labels, held, targets, negatives)
 
+    margin_scores = None if margin_path is None else artifacts.margin_scores(margin_path)
+    if margin_scores is not None:
+        if not np.array_equal(margin_scores[1], targets):
+            raise ValueError(f"{margin_path}: its targets are not the concept scores' targets; rebuild it")
+        margin_trak = {"per_target": margin_scores[0].astype(np.float64), "per_negative": None}
+        target_classes = margin_scores[2]
+
+    def margins(path):
+        return margin_of(artifacts.logits(path)[targets], target_classes)
+
     base = {m: readout(m, activation_paths["base"][str(m)]) for m in members}
     result = {"concept": concept, "location": location, "members": members, "n_targets": int(len(targets)),
               "n_negatives": int(len(negatives)), "confidence": confidence, "estimators": cfg["estimators"],
-              "fractions": {}}
+              "margin": margin_scores is not None, "fractions": {}}
     arrays = {}
     for fraction in sorted({d["fraction"] for d in designs.values()}):
         names = sorted((n for n, d in designs.items() if d["fraction"] == fraction),
@@ -142,6 +170,8 @@ def lds(concept: str, cfg: dict, probe_set_path, probes_path, activation_paths: 
         reads = {m: [readout(m, activation_paths[n][str(m)]) for n in names] for m in members}
         actual_t = np.stack([[r["targets"] for r in reads[m]] for m in members])           # [M, S, T]
         actual_sel = np.array([[r["selectivity"] for r in reads[m]] for m in members])      # [M, S]
+        if margin_scores is not None:
+            actual_m = np.stack([[margins(activation_paths[n][str(m)]) for n in names] for m in members])  # [M, S, T]
         entry = {"n_subsets": len(names), "n_removed": int(len(removed[0])),
                  "actual_selectivity_change": stats.t_interval(
                      (actual_sel - np.array([[base[m]["selectivity"]] for m in members])).ravel(), confidence),
@@ -160,9 +190,16 @@ def lds(concept: str, cfg: dict, probe_set_path, probes_path, activation_paths: 
                 agg = {k: float(np.mean([p[k] for p in per_member])) for k in ("point", "lo", "hi")}
             entry["estimators"][est] = {
                 "per_target": bootstrap_mean_lds(pred_t, actual_t, cfg["seed"], confidence) if len(finite) else None,
-                "n_defined": int(len(finite)), "aggregate": agg}
+                "n_defined": int(len(finite)), "aggregate": agg, "margin": None}
             arrays[f"{fraction:g}/{est}/lds_per_target"] = per_target
             arrays[f"{fraction:g}/{est}/predicted"] = pred_t
+            if margin_scores is not None:
+                pred_m = predicted(estimator_scores(est, margin_trak, hardness, cfg["seed"], "margin")["targets"],
+                                   removed)                                                  # [S, T]
+                entry["estimators"][est]["margin"] = bootstrap_mean_lds(pred_m, actual_m, cfg["seed"], confidence)
+                arrays[f"{fraction:g}/{est}/margin_predicted"] = pred_m
+        if margin_scores is not None:
+            arrays[f"{fraction:g}/actual_margins"] = actual_m
         arrays[f"{fraction:g}/actual_targets"] = actual_t
         arrays[f"{fraction:g}/actual_selectivity"] = actual_sel
         result["fractions"][f"{fraction:g}"] = entry
@@ -175,7 +212,7 @@ def format_text(result: dict) -> str:
              f"targets, members {c['members']}; Spearman over subsets of predicted vs actual readout, "
              f"mean over targets; [{int(100 * c['confidence'])}% bootstrap intervals over subsets])",
              f"  {'fraction':>8} {'subsets':>7} {'removed':>7} {'estimator':<9} {'LDS per target':>26} "
-             f"{'LDS selectivity':>26}"]
+             f"{'LDS selectivity':>26} {'LDS margin (per target)':>26}"]
     for f, e in c["fractions"].items():
         for est, v in e["estimators"].items():
             pt = v["per_target"]
@@ -183,14 +220,18 @@ def format_text(result: dict) -> str:
             agg = v["aggregate"]
             agg_s = ("undefined (same scores for targets and negatives)" if not np.isfinite(agg["point"])
                      else stats.fmt(agg, 3, True))
-            lines.append(f"  {f:>8} {e['n_subsets']:7d} {e['n_removed']:7d} {est:<9} {pt_s:>26} {agg_s:>26}")
+            mg = v.get("margin")
+            mg_s = "undefined (no classes)" if not c.get("margin") else ("undefined" if mg is None
+                                                                          else stats.fmt(mg, 3, True))
+            lines.append(f"  {f:>8} {e['n_subsets']:7d} {e['n_removed']:7d} {est:<9} {pt_s:>26} {agg_s:>26} "
+                         f"{mg_s:>26}")
     return "\n".join(lines)
 
 
 def lds_stage(job) -> str:
     i = job.input
     result, arrays = lds(job.wildcards["concept"], job.params, i["probe_set"], i["probes"], i["activations"],
-                         i["ablations"], i["scores"], i["features"])
+                         i["ablations"], i["scores"], i["features"], i["margin"])
     text = format_text(result)
     artifacts.write_lds(job.output["h5"], job.params, result["concept"], result["location"], arrays)
     artifacts.write_json(job.output["json"], result)

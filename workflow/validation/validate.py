@@ -68,6 +68,15 @@ MEASURES = {"selectivity": "selectivity (output on targets minus on negatives)",
             "output_targets": "output on the targets"}
 
 
+def interval(measure: str, diffs, confidence: float, acc_step: float) -> dict:
+    """The interval of one measure's per-member differences: the balanced accuracy moves in
+    steps of one held-out image (``acc_step``), so members can tie and its spread is floored
+    (``stats.paired_quantized``); the continuous readouts get the plain t-interval."""
+    if measure == "bal_acc":
+        return stats.paired_quantized(diffs, np.zeros(len(diffs)), acc_step, confidence)
+    return stats.t_interval(diffs, confidence)
+
+
 def probe_readout(probe: dict, acts: np.ndarray, labels: np.ndarray, held: np.ndarray, targets: np.ndarray,
                   negatives: np.ndarray) -> dict:
     """The fixed probe's outputs and held-out accuracy on one model's activations."""
@@ -94,7 +103,9 @@ def validate_layer(layer: str, members: list, probes_path, acts: dict, ablations
     base = {m: readout(m, acts["base"][m][layer]) for m in members}
     corr_unrelated = [channel_correlation(acts["base"][a][layer], acts["base"][b][layer])
                       for i, a in enumerate(members) for b in members[i + 1:]]
+    acc_step = stats.balanced_accuracy_step(np.bincount(labels[held], minlength=2))
     out = {"unrelated_member_correlation": float(np.mean(corr_unrelated)) if corr_unrelated else float("nan"),
+           "acc_step": acc_step,
            "base": {k: [base[m][k] for m in members] for k in ("pos", "neg", "bal_acc", "auc")},
            "conditions": {}}
     for cond, a in ablations.items():
@@ -117,13 +128,14 @@ def validate_layer(layer: str, members: list, probes_path, acts: dict, ablations
         if cond in summaries:  # refit-probe accuracy at this layer (the retrained ensemble's own probes)
             s_b, s_c = summaries["base"], summaries[cond]
             j = s_b["layers"].index(layer)
-            refit = stats.paired(np.asarray(s_c["acc_per_member"])[:, j], np.asarray(s_b["acc_per_member"])[:, j],
-                                 confidence)
+            refit = stats.paired_quantized(np.asarray(s_c["acc_per_member"])[:, j],
+                                           np.asarray(s_b["acc_per_member"])[:, j], acc_step, confidence)
         out["conditions"][cond] = {
             "kind": a["kind"], "concept": a["concept"], "n_removed": int(a["n_removed"]),
             "n_concept": None if truth is None else int(np.asarray(truth, bool)[a["removed"]].sum()),
             "per_member": per_member,
-            "change": {k: stats.t_interval(v, confidence) for k, v in per_member.items() if k != "twin_correlation"},
+            "change": {k: interval(k, v, confidence, acc_step) for k, v in per_member.items()
+                       if k != "twin_correlation"},
             "twin_correlation": float(np.mean(per_member["twin_correlation"])),
             "refit_acc": refit,
             "predicted": {"mean": float(predicted.mean()), "per_target": predicted.tolist(),
@@ -151,8 +163,8 @@ def contrasts(layer_result: dict, designs: dict, concept: str, layer_name: str, 
             pa, pb = a["predicted"]["selectivity"], b["predicted"]["selectivity"]
             out[f"{name} - {other}"] = {
                 "top": name, "control": other, "control_kind": label,
-                **{k: stats.paired(a["per_member"][k], b["per_member"][k], confidence)
-                   for k in ("output_targets", "selectivity", "bal_acc", "auc")},
+                **{k: interval(k, np.subtract(a["per_member"][k], b["per_member"][k]), confidence,
+                               layer_result["acc_step"]) for k in ("output_targets", "selectivity", "bal_acc", "auc")},
                 "predicted": a["predicted"]["mean"] - b["predicted"]["mean"],
                 "predicted_selectivity": None if pa is None or pb is None else pa - pb,
             }
@@ -240,7 +252,8 @@ def validate(concept: str, cfg: dict, probe_set_path, probes_path, activation_pa
     conds = loc["conditions"]
     if oracle_name in conds and "random" in conds:
         o, r = conds[oracle_name]["per_member"], conds["random"]["per_member"]
-        oracle = {k: stats.paired(o[k], r[k], confidence) for k in ("output_targets", "selectivity", "bal_acc")}
+        oracle = {k: interval(k, np.subtract(o[k], r[k]), confidence, loc["acc_step"])
+                  for k in ("output_targets", "selectivity", "bal_acc")}
     doses = {"top": conds[main_name]["n_concept"] if main_name in conds else None,
              "random": conds["random"]["n_concept"] if "random" in conds else None,
              "oracle": conds[oracle_name]["n_concept"] if oracle_name in conds else None}
