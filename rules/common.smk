@@ -7,7 +7,7 @@ import os
 import string
 
 from snakemake.settings.types import DeploymentMethod
-from workflow.ablation.sets import conditions as ablation_conditions, lds_conditions
+from workflow.ablation.sets import conditions as ablation_conditions, estimator_of, lds_conditions
 from workflow.config import dataset_slice, lds_spawn_epoch, rule_resources as config_rule_resources
 from workflow.provenance import stage_digest
 
@@ -21,6 +21,11 @@ LDS_SUBSETS = lds_conditions(config)     # the LDS stage's random subsets (train
 LDS_MEMBERS = config["lds"]["members"]
 DESIGNS = {**ABLATIONS, **LDS_SUBSETS}   # every removed set ablate builds
 
+# every estimator whose scores some stage reads: TRAK first, then the others (one job each)
+ESTIMATORS = list(dict.fromkeys(["trak", *config["attribution"]["estimators"], *config["ablation"]["estimators"],
+                                 *(config["lds"]["estimators"] if LDS_SUBSETS else [])]))
+OTHER_ESTIMATORS = ESTIMATORS[1:]
+
 TRAK_CKPTS = config["trak"]["checkpoints"]
 SHARDS = list(range(config["trak"]["shards"]))
 LAYERS = config["layers"]
@@ -32,6 +37,7 @@ wildcard_constraints:
     concept="|".join(CONCEPTS),
     member=r"\d+",
     condition="|".join(map(re.escape, [*CONDITIONS, *LDS_SUBSETS])),
+    estimator=r"[a-z_]+",
 
 # Jobs run `python -m workflow <stage>` from the installed package. Unless --use-conda
 # supplies each rule's own python, put this interpreter first on PATH so jobs use the
@@ -174,6 +180,18 @@ def trak_params(*keys):
     return out
 
 
+def score_params(estimator):
+    """The config slice of one estimator's scoring job: TRAK's as it always was; another
+    estimator adds its name (and, for TracIn, the recipe's schedule: its step weights)."""
+    out = {**trak_params(*FEATURIZE_KEYS, "lambda_reg", "max_targets", "top_fraction"),
+           "members": MEMBERS, "layers": LAYERS}
+    if estimator != "trak":
+        out["estimators"] = [estimator]
+    if estimator == "tracin":
+        out["train"] = {k: config["train"][k] for k in ("epochs", "batch_size", "lr")}
+    return out
+
+
 FEATURIZE_KEYS = ("proj_dim", "proj_seed", "projector", "layer_dim", "device", "shards", "precision",
                   "checkpoints", "batch_size")
 
@@ -207,13 +225,25 @@ def train_inputs(w):
     return files
 
 
+def scores_of(estimator, condition="base"):
+    """The per-(concept, layer) scores pattern of ``estimator`` ({concept}, {layer} left):
+    TRAK's where they always were, the others' under attribution/<estimator>/."""
+    pattern = SCORES if estimator == "trak" else partial(EST_SCORES, estimator=estimator)
+    return partial(pattern, condition=condition)
+
+
+def margin_scores_of(estimator, condition="base"):
+    pattern = MARGIN_SCORES if estimator == "trak" else partial(EST_MARGIN, estimator=estimator)
+    return partial(pattern, condition=condition)
+
+
 def ablate_inputs(w):
     design = DESIGNS[w.condition]
     files = {"data": BASE}
     if design["kind"] in ("top", "bottom"):
         layers = LAYERS if design["layer"] == "location" else [design["layer"]]
         files["probes"] = f"{RESULTS}/base/probes/{design['concept']}.h5"  # the location
-        files["scores"] = keyed(f"{RESULTS}/base/trak/scores/{design['concept']}/{{layer}}.h5", layer=layers)
+        files["scores"] = keyed(partial(scores_of(estimator_of(design)), concept=design["concept"]), layer=layers)
     elif design["kind"] in ("oracle", "matched"):
         files["probe_set"] = f"{RESULTS}/data/probe_{design['concept']}.h5"  # the ground truth
         if design["kind"] == "matched":

@@ -2,14 +2,14 @@
 # (random subsets removed, each trained as a paired twin of the lds.members; base probe fixed).
 
 LDS = f"{RESULTS}/lds/{{concept}}"
+LDS_ESTIMATORS = config["lds"]["estimators"]
 LDS_INPUTS = {
     "probe_set": PROBE_SET,
     "probes": partial(PROBES, condition="base"),
     "activations": keyed(ACTIVATIONS, condition=["base", *LDS_SUBSETS], member=LDS_MEMBERS),
     "ablations": keyed(ABLATION, condition=list(LDS_SUBSETS)),
-    "scores": keyed(partial(SCORES, condition="base"), layer=LAYERS),
-    "margin": partial(MARGIN_SCORES, condition="base"),
-    "features": keyed(partial(FEATURES, condition="base"), member=MEMBERS, ckpt=TRAK_CKPTS),
+    "scores": {e: keyed(scores_of(e), layer=LAYERS) for e in LDS_ESTIMATORS},
+    "margin": {e: margin_scores_of(e) for e in LDS_ESTIMATORS},
 }
 LDS_OUTPUTS = {"h5": f"{LDS}.h5", "json": f"{LDS}.json", "txt": f"{LDS}.txt"}
 

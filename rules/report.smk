@@ -41,6 +41,10 @@ REPORT_INPUTS = {
     "grids": keyed(f"{RESULTS}/base/trak/top_bottom_{{concept}}.png", concept=CONCEPTS),
     "validate": keyed(VALIDATE_OUTPUTS["json"], concept=CONCEPTS),
     "lds": keyed(LDS_OUTPUTS["json"], concept=CONCEPTS) if LDS_SUBSETS else {},
+    "estimators": {e: keyed(scores_of(e).replace(".h5", ".json"), concept=CONCEPTS, layer=LAYERS)
+                   for e in ESTIMATORS},
+    "costs": {e: (f"{RESULTS}/base/trak/cost.json" if e == "trak" else
+                  f"{RESULTS}/base/attribution/{e}/cost.json") for e in ESTIMATORS},
 }
 REPORT_OUTPUTS = {
     "html": f"{REPORT}/index.html",
@@ -50,6 +54,7 @@ REPORT_OUTPUTS = {
     "enrichment": f"{REPORT}/enrichment.png",
     "curves": f"{REPORT}/curves.png",
     "forest": f"{REPORT}/forest.png",
+    "scorecard": f"{REPORT}/scorecard.txt",
     "grids": keyed(f"{REPORT}/top_bottom_{{concept}}.png", concept=CONCEPTS),
 }
 

@@ -63,7 +63,8 @@ SCORE_INPUTS = {"probe_sets": keyed(PROBE_SET, concept=CONCEPTS), "probes": keye
                 "features": keyed(FEATURES, member=MEMBERS, ckpt=TRAK_CKPTS)}
 SCORE_OUTPUTS = {"scores": keyed(SCORES, concept=CONCEPTS, layer=LAYERS),
                  "enrichment": keyed(ENRICHMENT, concept=CONCEPTS, layer=LAYERS),
-                 "margin": keyed(MARGIN_SCORES, concept=CONCEPTS)}
+                 "margin": keyed(MARGIN_SCORES, concept=CONCEPTS),
+                 "cost": f"{RESULTS}/{{condition}}/trak/cost.json"}
 
 
 rule score:
@@ -72,8 +73,7 @@ rule score:
     output:
         **flat(SCORE_OUTPUTS),
     params:
-        cfg=lambda w: as_json({**trak_params(*FEATURIZE_KEYS, "lambda_reg", "max_targets", "top_fraction"),
-                               "members": MEMBERS, "layers": LAYERS}),
+        cfg=lambda w: as_json(score_params("trak")),
         files=stage_files(SCORE_INPUTS, SCORE_OUTPUTS),
         code=code_digest("score"),
     threads: config["threads"]["trak"]
@@ -86,6 +86,39 @@ rule score:
         "../envs/torch.yaml"
     shell:
         stage_cmd("score")
+
+
+# The other estimators of the registry (workflow/attribution/estimators.py), one job each:
+# adding one to the config runs its job alone. Same inputs as TRAK's, plus the base file
+# (the similarity baseline reads the training images' activations).
+EST_SCORES = f"{RESULTS}/{{condition}}/attribution/{{estimator}}/{{concept}}/{{layer}}.h5"
+EST_ENRICHMENT = f"{RESULTS}/{{condition}}/attribution/{{estimator}}/{{concept}}/{{layer}}.json"
+EST_MARGIN = f"{RESULTS}/{{condition}}/attribution/{{estimator}}/{{concept}}/classification_margin.h5"
+ESTIMATE_INPUTS = {**SCORE_INPUTS, "data": BASE}
+ESTIMATE_OUTPUTS = {"scores": keyed(EST_SCORES, concept=CONCEPTS, layer=LAYERS),
+                    "enrichment": keyed(EST_ENRICHMENT, concept=CONCEPTS, layer=LAYERS),
+                    "margin": keyed(EST_MARGIN, concept=CONCEPTS),
+                    "cost": f"{RESULTS}/{{condition}}/attribution/{{estimator}}/cost.json"}
+
+
+rule estimate:
+    input:
+        unpack(inputs(ESTIMATE_INPUTS)),
+    output:
+        **flat(ESTIMATE_OUTPUTS),
+    params:
+        cfg=lambda w: as_json(score_params(w.estimator)),
+        files=stage_files(ESTIMATE_INPUTS, ESTIMATE_OUTPUTS),
+        code=code_digest("estimate"),
+    threads: config["threads"]["trak"]
+    resources:
+        **rule_resources("score", device=config["trak"]["device"]),
+    log:
+        f"{LOGS}/{{condition}}/estimate_{{estimator}}.log",
+    conda:
+        "../envs/torch.yaml"
+    shell:
+        stage_cmd("estimate")
 
 
 TRAK_REPORT_INPUTS = {"summary": SUMMARY, "data": BASE, "probe_sets": keyed(PROBE_SET, concept=CONCEPTS),

@@ -18,7 +18,9 @@ CONCEPTS = [c["name"] for c in TINY["concepts"]]
 MEMBERS = range(TINY["ensemble"]["size"])
 LAYERS = TINY["layers"]
 N_CKPT, N_SHARDS = len(TINY["trak"]["checkpoints"]), TINY["trak"]["shards"]
-CONDITIONS = ["top-hilo", "bottom-hilo", "random", "oracle-hilo", "matched-hilo"]  # tiny.yaml ablates hilo only
+CONDITIONS = ["top-hilo", "bottom-hilo", "random", "oracle-hilo", "matched-hilo",  # tiny.yaml ablates hilo only,
+              "top~grad_cos-hilo", "bottom~grad_cos-hilo", "matched~grad_cos-hilo"]  # by trak and by grad_cos
+OTHER_ESTIMATORS = [e for e in TINY["attribution"]["estimators"] if e != "trak"]
 N_COND = 1 + len(CONDITIONS)
 
 
@@ -116,6 +118,8 @@ def plus(*dicts):
 
 
 TRAK = {"featurize": N * N_SHARDS, "gather_features": N, "score": 1, "trak_report": 1}
+EST = {"estimate": len(OTHER_ESTIMATORS)}      # one scoring job per other estimator
+SCORED = 2 * 3        # top-k, bottom-k and matched sets of the two ablated estimators
 # the LDS stage (tiny.yaml: fractions x subsets twins of member 0): one job per concept, and its twins
 N_LDS_F = len(TINY["lds"]["fractions"])
 LDS = {"lds": C}
@@ -125,18 +129,21 @@ EDITS = {
     # probes move the location, so the top-k set is rebuilt and its condition retrained
     "probe edit: probes everywhere, the top-k condition, not other training": (
         ("probes", "sparsity_threshold", 0.9),
-        plus({"probes": C * N_COND, "summarize": N_COND, "score": 1, "trak_report": 1, "ablate": 3},
-             retrain(3), {"probes": -3 * C, "summarize": -3}, REPORT, VALIDATE, LDS)),
+        plus({"probes": C * N_COND, "summarize": N_COND, "score": 1, "trak_report": 1, "ablate": SCORED}, EST,
+             retrain(SCORED), {"probes": -SCORED * C, "summarize": -SCORED}, REPORT, VALIDATE, LDS)),
     "training edit: every condition and TRAK, not data or the random/oracle sets": (
         ("train", "epochs", 3),
-        plus(retrain(N_COND), TRAK, {"ablate": 3}, REPORT, VALIDATE, LDS_RETRAIN)),
+        plus(retrain(N_COND), TRAK, EST, {"ablate": SCORED}, REPORT, VALIDATE, LDS_RETRAIN)),
     "TRAK target edit: scoring and the top-k, bottom-k and matched conditions": (
         ("trak", "max_targets", 5),
-        plus({"score": 1, "trak_report": 1, "ablate": 3}, retrain(3), REPORT, VALIDATE, LDS)),
+        plus({"score": 1, "trak_report": 1, "ablate": SCORED}, EST, retrain(SCORED), REPORT, VALIDATE, LDS)),
     "projector edit: features, scores and the top-k, bottom-k and matched conditions": (
-        ("trak", "layer_dim", 4096), plus(TRAK, {"ablate": 3}, retrain(3), REPORT, VALIDATE, LDS)),
+        ("trak", "layer_dim", 4096), plus(TRAK, EST, {"ablate": SCORED}, retrain(SCORED), REPORT, VALIDATE, LDS)),
     "ablation size: the top-k, bottom-k, random and matched conditions, not the oracle": (
-        ("ablation", "fractions", [0.1]), plus({"ablate": 4}, retrain(4), REPORT, VALIDATE)),
+        ("ablation", "fractions", [0.1]), plus({"ablate": SCORED + 1}, retrain(SCORED + 1), REPORT, VALIDATE)),
+    "an estimator dropped from the scorecard: the report only (TRAK and the others are their own jobs)": (
+        ("attribution", "estimators", [e for e in TINY["attribution"]["estimators"] if e != "similarity"]),
+        {"report_html": 1, "all": 1}),
     "equivalence margin: validate and the report only": (("compare", "margin_fraction", 0.5),
                                                          plus({"report_html": 1, "all": 1}, VALIDATE)),
     "interval level: validate, LDS, compare and report only": (("compare", "confidence", 0.9),
@@ -312,7 +319,7 @@ def test_validate_writes_every_field_and_predicts_minus_the_sum_of_removed_score
             assert lr["contrasts"] == {} and v["verdict"]["outcome"] is None
 
 
-REPORT_SECTIONS = ["answer", "verdicts", "validation", "lds", "curves", "training", "accuracy", "sparsity", "scores", "enrichment",
+REPORT_SECTIONS = ["answer", "verdicts", "validation", "scorecard", "lds", "curves", "training", "accuracy", "sparsity", "scores", "enrichment",
                    "images", "config"]
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync"]
@@ -386,10 +393,14 @@ def test_probe_stage_gives_the_same_bytes_twice(tiny_run, tmp_path):
         assert np.array_equal(a["sparsity_k"][()], b["sparsity_k"][()])   # and equal to the workflow's run
 
 
+TIMINGS = ("cost.json", "scorecard.txt", "index.html")   # CPU seconds measured by the run (the scorecard's cost)
+
+
 def results_bytes(wd) -> dict:
-    """{path under results/: bytes} of a run."""
+    """{path under results/: bytes} of a run, but for the files that record its CPU time."""
     root = Path(wd, "results")
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
+            if p.is_file() and p.name not in TIMINGS}
 
 
 def test_a_truncated_intermediate_is_named_and_the_printed_command_rebuilds_it(tiny_run, tmp_path):
@@ -508,3 +519,40 @@ def test_lds_on_the_tiny_run_writes_every_field(tiny_run):
             np.testing.assert_allclose(arrays[f"{frac}/actual_margins"][0, 0], by_hand_margin, rtol=1e-6)
             for v in e["estimators"].values():
                 assert -1 <= v["margin"]["point"] <= 1 and v["margin"]["lo"] <= v["margin"]["hi"]
+
+
+def test_every_estimator_scores_and_the_scorecard_reports_them(tiny_run):
+    """The registry end to end: each other estimator's job writes TRAK's file format; the
+    grad_cos top-k removes exactly the k highest grad_cos concept scores at the location and
+    is judged by validate; the report's scorecard has a row per estimator."""
+    import json
+
+    from workflow import artifacts
+
+    res = tiny_run / "results" / "tiny"
+    n_train = TINY["dataset"]["synthetic"]["n_train"]
+    summary = artifacts.summary(res / "base" / "summary.json")
+    for est in OTHER_ESTIMATORS:
+        cost = json.loads((res / "base" / "attribution" / est / "cost.json").read_text())
+        assert set(cost["estimators"]) == {est} and cost["estimators"][est] >= 0
+        for concept in CONCEPTS:
+            for layer in LAYERS:
+                path = res / "base" / "attribution" / est / concept / f"{layer}.h5"
+                per_target, targets = artifacts.per_target_scores(path)
+                trak_targets = artifacts.per_target_scores(res / "base" / "trak" / "scores" / concept / f"{layer}.h5")[1]
+                assert per_target.shape == (len(targets), n_train) and np.array_equal(targets, trak_targets)
+                assert np.isfinite(per_target).all()
+                e = json.loads(path.with_suffix(".json").read_text())
+                assert e["estimator"] == est and e["enrichment"] >= 0
+    loc = summary["hilo"]["location"]
+    scores = artifacts.concept_scores(res / "base" / "attribution" / "grad_cos" / "hilo" / f"{loc}.h5")
+    k = round(TINY["ablation"]["fractions"][0] * n_train)
+    removed = artifacts.ablation(res / "ablation" / "top~grad_cos-hilo.h5")["removed"]
+    assert set(removed) == set(np.argsort(-scores, kind="stable")[:k])
+    v = json.loads((res / "validate" / "hilo.json").read_text())
+    assert set(v["verdicts"]) == {"trak", "grad_cos"} and v["verdict"] == v["verdicts"]["trak"]
+    assert v["verdicts"]["grad_cos"]["condition"] == "top~grad_cos-hilo"
+    assert "top~grad_cos-hilo - matched~grad_cos-hilo" in v["layers"][loc]["contrasts"]
+    card = (res / "report" / "scorecard.txt").read_text()
+    for est in TINY["attribution"]["estimators"]:
+        assert re.search(rf"^  {est} ", card, re.M), card

@@ -389,11 +389,12 @@ def feature_attrs_of(f) -> dict:
 
 
 def write_scores(path, cfg: dict, concept: str, layer: str, per_target, target_indices, n_models: int,
-                 per_negative=None, negative_indices=None) -> None:
-    """``per_target`` [T, n]: each target's score of every training image; optionally the
-    same for held-out negatives (``per_negative`` [Tn, n])."""
+                 per_negative=None, negative_indices=None, estimator: str = "trak") -> None:
+    """``per_target`` [T, n]: each target's score of every training image (by ``estimator``);
+    optionally the same for held-out negatives (``per_negative`` [Tn, n])."""
     per_target = np.asarray(per_target, np.float32)
-    with atomic.h5(path, cfg, concept=concept, layer=layer, n_models=n_models) as f:
+    extra = {} if estimator == "trak" else {"estimator": estimator}
+    with atomic.h5(path, cfg, concept=concept, layer=layer, n_models=n_models, **extra) as f:
         f.create_dataset("per_target", data=per_target)
         f.create_dataset("concept_score", data=per_target.mean(0))
         if per_negative is not None:
@@ -416,10 +417,12 @@ def negative_scores(path):
         return f["per_negative"][()], f["negative_indices"][()]
 
 
-def write_margin_scores(path, cfg: dict, concept: str, per_target, target_indices, classes, n_models: int) -> None:
-    """TRAK scores [T, n] of each target's classification margin at its class; ``per_target``
-    None where the targets have no classes (the file then says so)."""
-    with atomic.h5(path, cfg, concept=concept, n_models=n_models, defined=per_target is not None) as f:
+def write_margin_scores(path, cfg: dict, concept: str, per_target, target_indices, classes, n_models: int,
+                        estimator: str = "trak") -> None:
+    """An estimator's scores [T, n] of each target's classification margin at its class;
+    ``per_target`` None where the targets have no classes (the file then says so)."""
+    with atomic.h5(path, cfg, concept=concept, n_models=n_models, defined=per_target is not None,
+                   estimator=estimator) as f:
         f.create_dataset("target_indices", data=np.asarray(target_indices, np.int64))
         if per_target is not None:
             f.create_dataset("per_target", data=np.asarray(per_target, np.float32))

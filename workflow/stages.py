@@ -19,6 +19,7 @@ STAGES = {
     "featurize": ("workflow.attribution.features", "featurize_stage", True),
     "gather": ("workflow.attribution.features", "gather_stage", True),
     "score": ("workflow.attribution.scores", "score_stage", True),
+    "estimate": ("workflow.attribution.scores", "score_stage", True),
     "trak-report": ("workflow.attribution.report", "trak_report_stage", False),
     "ablate": ("workflow.ablation.sets", "ablate_stage", False),
     "validate": ("workflow.validation.validate", "validate_stage", False),

@@ -4,7 +4,10 @@ Conditions, each retrained paired with the base run (same seeds, order and augme
 
 - ``top-<concept>``: the k training images with the highest TRAK concept score at the
   concept's location layer (the base ensemble's most decodable layer);
-  ``top-<concept>-<layer>`` at a named layer instead (``ablation.layers``).
+  ``top-<concept>-<layer>`` at a named layer instead (``ablation.layers``). For each other
+  estimator of ``ablation.estimators`` (``attribution.estimators``), the same sets by its
+  scores, with the estimator in the kind: ``top~grad_cos-curved``, ``bottom~grad_cos-curved``,
+  ``matched~grad_cos-curved``.
 - ``bottom-<concept>``: the k lowest scores (images that work against the concept).
 - ``random``: k images drawn with a seed (the null: same size, no attribution). Random
   sets are nested across sizes (the first k of one seeded permutation).
@@ -63,12 +66,15 @@ def conditions(config: dict) -> dict:
         for name in chosen:
             for layer in a["layers"]:
                 stem = name if layer == "location" else f"{name}-{layer}"
-                for kind in ("top", "bottom"):
-                    if kind == "top" or kind in controls:
-                        out[f"{kind}-{stem}{suffix}"] = {"kind": kind, "concept": name, "layer": layer, **size_}
-                if "matched" in controls and concepts[name]["kind"] in CONCEPT_KINDS_WITH_TRUTH:
-                    out[f"matched-{stem}{suffix}"] = {"kind": "matched", "concept": name, "layer": layer, **size_,
-                                                      "top": f"top-{stem}{suffix}"}
+                for estimator in a.get("estimators", ["trak"]):
+                    tag, by = estimator_tag(estimator), ({} if estimator == "trak" else {"estimator": estimator})
+                    for kind in ("top", "bottom"):
+                        if kind == "top" or kind in controls:
+                            out[f"{kind}{tag}-{stem}{suffix}"] = {"kind": kind, "concept": name, "layer": layer,
+                                                                  **size_, **by}
+                    if "matched" in controls and concepts[name]["kind"] in CONCEPT_KINDS_WITH_TRUTH:
+                        out[f"matched{tag}-{stem}{suffix}"] = {"kind": "matched", "concept": name, "layer": layer,
+                                                               **size_, "top": f"top{tag}-{stem}{suffix}", **by}
         if "random" in controls:
             out[f"random{suffix}"] = {"kind": "random", "concept": None, "layer": None, **size_}
     if "oracle" in controls:
@@ -76,6 +82,16 @@ def conditions(config: dict) -> dict:
             if concepts[name]["kind"] in CONCEPT_KINDS_WITH_TRUTH:
                 out[f"oracle-{name}"] = {"kind": "oracle", "concept": name, "layer": None}
     return out
+
+
+def estimator_tag(estimator: str) -> str:
+    """What a condition's kind carries for its estimator: nothing for TRAK (today's names),
+    ``~<estimator>`` for the others (``top~grad_cos-curved``)."""
+    return "" if estimator == "trak" else f"~{estimator}"
+
+
+def estimator_of(design: dict) -> str:
+    return design.get("estimator", "trak")
 
 
 def lds_conditions(config: dict) -> dict:
@@ -158,7 +174,8 @@ def build(design: dict, n_train: int, cfg: dict, scores=None, truth=None, locati
         layer = design["layer"] if design["layer"] != "location" else location
         where = f"{layer} (its location in the base ensemble)" if design["layer"] == "location" else layer
         which = "highest" if kind == "top" else "lowest"
-        reason = f"{kind}-{k}: the {which} TRAK concept scores of {design['concept']!r} at {where}"
+        reason = (f"{kind}-{k}: the {which} {estimator_of(design).replace('trak', 'TRAK')} concept scores of {design['concept']!r} at "
+                  f"{where}")
         return removed, np.asarray(scores)[removed], reason
     if kind == "subset":
         k = size(n_train, design)

@@ -19,16 +19,21 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
 from .. import artifacts
+from ..model import checkpoints
 from ..model.resnet import to_input
+from ..probing.activations import pooled_activations
 from ..probing.probe_function import ProbeOutput
 from ..runtime import resolve_device
 from ..seeding import rng as seeded_rng
+from . import estimators
+from .estimators import Ensemble, combine  # noqa: F401  (TRAK's ensemble rule, used here before the registry)
 from .features import margin, setup
 
 log = logging.getLogger(__name__)
@@ -66,51 +71,6 @@ def probe_gradients(model, grads, probe: dict, layer: str, images, model_id: int
     """Projected per-example gradients [T, k] of the probe's output at ``layer``."""
     fn = ProbeOutput(probe, layer, device=next(model.parameters()).device)
     return target_gradients(model, grads, fn, images, model_id, batch_size)
-
-
-class Ensemble:
-    """TRAK's ensemble rule, one model at a time: ``add(x_xtx_inv_m [n,k], {key: g_m [T,k]},
-    out_to_loss_m [n])`` per model m, then ``scores(key)`` -> [T, n] =
-    (mean_m X_m(X_m^T X_m)^-1 g_m) * mean_m out_to_loss_m. Only the running sums
-    ([n, T] per key) are held, never a second model's features. ``device`` cuda: the
-    products run there (float64); else numpy float64."""
-
-    def __init__(self, device=None):
-        self.device = torch.device(device) if device is not None else None
-        self.cuda = self.device is not None and self.device.type == "cuda"
-        self.acc, self.otl, self.n = {}, None, 0
-
-    def _float64(self, a):
-        """``a`` as float64 where the products run: a CUDA tensor, else a numpy array."""
-        if self.cuda:
-            return torch.as_tensor(np.asarray(a)).to(self.device, torch.float64)
-        return np.asarray(a, np.float64)
-
-    def add(self, x, grads: dict, out_to_loss) -> None:
-        x = self._float64(x)
-        for key, g in grads.items():
-            kernel = x @ self._float64(g).T
-            self.acc[key] = kernel if key not in self.acc else self.acc[key] + kernel
-        self.otl = np.asarray(out_to_loss, np.float64) if self.otl is None else self.otl + out_to_loss
-        self.n += 1
-
-    def scores(self, key) -> np.ndarray:
-        acc = self.acc[key]
-        if self.cuda:
-            acc = acc.cpu().numpy()
-        return ((acc / self.n) * (self.otl / self.n)[:, None]).T
-
-
-def combine(parts) -> np.ndarray:
-    """TRAK's ensemble rule over models m: parts = [(x_xtx_inv_m [n,k], target_grads_m [T,k],
-    out_to_loss_m [n]), ...] -> scores [T, n] (``Ensemble`` with one target set).
-
-    ``parts`` may be a generator: one model's features are held in memory at a time.
-    """
-    ens = Ensemble()
-    for x, g, o in parts:
-        ens.add(x, {0: g}, o)
-    return ens.scores(0)
 
 
 def enrichment(scores: np.ndarray, truth: np.ndarray, fraction: float, seed: int, hardness=None) -> dict:
@@ -155,62 +115,146 @@ def check_features(path, feats: dict, attrs: dict) -> None:
                              f"use {value!r}; rerun featurize with the same trak settings")
 
 
-def score(concepts: dict, layers, models: dict, features: dict, outputs: dict, cfg: dict) -> dict:
-    """Every (concept, layer) target of one condition.
+def training_activations(model, data_path, layers, batch_size: int) -> dict:
+    """{layer: float32 [n_train, C]}: pooled activations of every training image (the centre
+    view), read batch by batch: memory is one batch plus the pooled arrays."""
+    reader = artifacts.BaseReader(data_path, "train")
+    n, size = reader.shape[0], artifacts.base_info(data_path)["image_size"]
+    device = next(model.parameters()).device
+    out = {layer: [] for layer in layers}
+    with torch.no_grad():
+        for s in range(0, n, batch_size):
+            pooled = model.pooled(to_input(reader.read(np.arange(s, min(n, s + batch_size))), size).to(device), layers)
+            for layer in layers:
+                out[layer].append(pooled[layer].float().cpu().numpy())
+    reader.close()
+    return {k: np.concatenate(v) for k, v in out.items()}
+
+
+class Timer:
+    """CPU seconds of the shared work (target gradients, activations), by name."""
+
+    def __init__(self):
+        self.seconds = {}
+
+    def __call__(self, name, fn, *args, **kwargs):
+        start = time.process_time()
+        out = fn(*args, **kwargs)
+        self.seconds[name] = self.seconds.get(name, 0.0) + time.process_time() - start
+        return out
+
+
+def checkpoint_inputs(member, ckpt, models, features, concepts, targets, layers, names, cfg, data_path, timer,
+                      lr_weight) -> estimators.Checkpoint:
+    """What checkpoint (member, ckpt) hands every estimator: features, target gradients and,
+    for the similarity baseline, the final model's pooled activations (once per member)."""
+    tcfg = cfg["trak"]
+    model, grads, attrs = setup(models[member], ckpt, member, tcfg)
+    arrays = ("x_xtx_inv", "out_to_loss") + (("grads",) if estimators.needs(names, "gradients", raw=True) else ())
+    feats = artifacts.features(features[(member, ckpt)], arrays=arrays)
+    check_features(features[(member, ckpt)], feats, attrs)
+    g = timer("target gradients", lambda: {
+        **{(c, layer): probe_gradients(model, grads, artifacts.probe(concepts[c][1], member, layer), layer,
+                                       targets[c][2], attrs["model_id"], tcfg["batch_size"])
+           for c in concepts for layer in layers},
+        **{(c, "margin"): margin_gradients(model, grads, targets[c][2][:len(targets[c][0])], targets[c][3],
+                                           attrs["model_id"], tcfg["batch_size"])
+           for c in concepts if targets[c][3] is not None}})
+    acts = target_acts = None
+    if "similarity" in names and ckpt == max(c for m, c in features if m == member):
+        final = checkpoints.load(models[member], "final", next(model.parameters()).device)
+        acts = timer("activations", training_activations, final, data_path, layers, tcfg["batch_size"])
+        target_acts = {"keys": {(c, layer): (layer, len(targets[c][0])) for c in concepts for layer in layers}}
+        for c in concepts:
+            pooled = timer("activations", pooled_activations, final, targets[c][2], layers,
+                           next(final.parameters()).device, tcfg["batch_size"])
+            target_acts.update({(c, layer): pooled[layer] for layer in layers})
+    return estimators.Checkpoint(member, ckpt, feats.get("grads"), feats["x_xtx_inv"], feats["out_to_loss"], g,
+                                 lr_weight, acts, target_acts)
+
+
+def score(concepts: dict, layers, models: dict, features: dict, outputs: dict, cfg: dict, data_path=None) -> dict:
+    """Every (concept, layer) target of one condition, for every estimator of
+    ``cfg["estimators"]`` (``estimators.REGISTRY``; default TRAK alone). The workflow runs one
+    estimator per job (rules ``score`` for TRAK, ``estimate`` for the others), so adding an
+    estimator to the config runs its job alone.
 
     ``concepts``: {concept: (probe set file, probes file)}; ``models``: {member: model
     file}; ``features``: {(member, checkpoint): gathered features}; ``outputs``:
-    {concept: {layer: (scores .h5, enrichment .json), "margin": scores .h5}}: the margin
-    file holds the TRAK scores of the targets' classification margins (the LDS stage's
-    second readout; none where the probe set has no classes). Each checkpoint is set up
-    and its features read once. Returns {concept: {layer: enrichment row}}.
+    {estimator: {concept: {layer: (scores .h5, enrichment .json), "margin": scores .h5}},
+    "cost": .json}: the margin file holds the estimator's scores of the targets'
+    classification margins (the LDS stage's second readout; none where the probe set has no
+    classes); the cost file the CPU seconds each estimator took, and the shared work. Each
+    checkpoint is set up and its features read once for every estimator. ``data_path``: the
+    base file (the similarity baseline's training activations). Returns {estimator:
+    {concept: {layer: enrichment row}}}.
     """
     tcfg = cfg["trak"]
+    names = list(cfg.get("estimators", ["trak"]))
     targets = {c: concept_targets(ps, c, tcfg, cfg["seed"]) for c, (ps, _) in concepts.items()}
-    ens, hardness = Ensemble(resolve_device(tcfg["device"])), []
-    for (member, ckpt) in tqdm(sorted(features), desc=f"score {len(concepts)} concepts x {len(layers)} layers"):
-        model, grads, attrs = setup(models[member], ckpt, member, tcfg)
-        feats = artifacts.features(features[(member, ckpt)])
-        check_features(features[(member, ckpt)], feats, attrs)
-        g = {(c, layer): probe_gradients(model, grads, artifacts.probe(concepts[c][1], member, layer), layer,
-                                         targets[c][2], attrs["model_id"], tcfg["batch_size"])
-             for c in concepts for layer in layers}
-        g.update({(c, "margin"): margin_gradients(model, grads, targets[c][2][:len(targets[c][0])], targets[c][3],
-                                                  attrs["model_id"], tcfg["batch_size"])
-                  for c in concepts if targets[c][3] is not None})
-        hardness.append(feats["out_to_loss"])
-        ens.add(feats["x_xtx_inv"], g, feats["out_to_loss"])
-        del feats, g
+    ests = {name: estimators.make(name, cfg["seed"], resolve_device(tcfg["device"])) for name in names}
+    lr_weights = {}
+    if "tracin" in names:
+        t = cfg["train"]
+        n_train = len(artifacts.features(next(iter(features.values())), arrays=("out_to_loss",))["out_to_loss"])
+        lr_weights = estimators.lr_weights(tcfg["checkpoints"], t["epochs"], -(-n_train // t["batch_size"]), t["lr"])
+    timer, hardness = Timer(), []
+    for (member, ckpt) in tqdm(sorted(features), desc=f"score {len(concepts)} concepts x {len(layers)} layers, "
+                                                     f"{len(names)} estimators"):
+        ck = checkpoint_inputs(member, ckpt, models, features, concepts, targets, layers, names, cfg, data_path,
+                               timer, lr_weights.get(ckpt, 1.0))
+        hardness.append(ck.out_to_loss)
+        for est in ests.values():
+            est.add(ck)
+        del ck
+    hardness = np.mean(hardness, axis=0)
     results = {}
-    for c, (probe_set_path, _) in concepts.items():
-        tidx, nidx, _, classes = targets[c]
-        artifacts.write_margin_scores(outputs[c]["margin"], cfg, c, None if classes is None else
-                                      ens.scores((c, "margin")).astype(np.float32), tidx, classes, len(features))
-        truth = artifacts.concept_truth(probe_set_path)
-        for layer in layers:
-            both = ens.scores((c, layer)).astype(np.float32)   # [targets + negatives, n_train]
-            per_target, per_negative = both[:len(tidx)], both[len(tidx):]
-            result = {"concept": c, "layer": layer, "n_targets": int(len(tidx)), "n_models": len(features)}
-            if truth is not None:
-                result.update(enrichment(per_target.mean(0), truth, tcfg["top_fraction"], cfg["seed"],
-                                         hardness=np.mean(hardness, axis=0)))
-            out_path, json_path = outputs[c][layer]
-            artifacts.write_scores(out_path, cfg, c, layer, per_target, tidx, len(features),
-                                   per_negative=per_negative, negative_indices=nidx)
-            artifacts.write_json(json_path, result)
-            log.info("%s/%s: %s", c, layer, json.dumps(result))
-            results.setdefault(c, {})[layer] = result
+    for name, est in ests.items():
+        for c, (probe_set_path, _) in concepts.items():
+            tidx, nidx, _, classes = targets[c]
+            margin_scores = None if classes is None else est.scores((c, "margin"), len(tidx), len(hardness))[0]
+            artifacts.write_margin_scores(outputs[name][c]["margin"], cfg, c, None if margin_scores is None else
+                                          margin_scores.astype(np.float32), tidx, classes, len(features),
+                                          estimator=name)
+            truth = artifacts.concept_truth(probe_set_path)
+            for layer in layers:
+                per_target, per_negative = est.scores((c, layer), len(tidx), len(hardness))
+                per_target = per_target.astype(np.float32)
+                result = {"concept": c, "layer": layer, "estimator": name, "n_targets": int(len(tidx)),
+                          "n_models": len(features)}
+                if truth is not None:
+                    result.update(enrichment(per_target.mean(0), truth, tcfg["top_fraction"], cfg["seed"],
+                                             hardness=hardness))
+                out_path, json_path = outputs[name][c][layer]
+                artifacts.write_scores(out_path, cfg, c, layer, per_target, tidx, len(features),
+                                       per_negative=None if per_negative is None else per_negative.astype(np.float32),
+                                       negative_indices=None if per_negative is None else nidx, estimator=name)
+                artifacts.write_json(json_path, result)
+                log.info("%s %s/%s: %s", name, c, layer, json.dumps(result))
+                results.setdefault(name, {}).setdefault(c, {})[layer] = result
+    cost = {"estimators": {name: est.seconds for name, est in ests.items()},
+            "uses": {name: estimators.REGISTRY[name].uses for name in names}, "shared": timer.seconds}
+    if "cost" in outputs:
+        artifacts.write_json(outputs["cost"], cost)
+    log.info("CPU seconds: %s", json.dumps(cost))
     return results
 
 
 def score_stage(job) -> None:
-    """``input``: probe_sets and probes {concept: file}, models {member: file}, features
-    {member: {checkpoint: file}}; ``output``: scores and enrichment {concept: {layer: file}}."""
+    """One estimator (``params["estimators"]``: one name). ``input``: probe_sets and probes
+    {concept: file}, models {member: file}, features {member: {checkpoint: file}}, data (the
+    base file; the similarity baseline); ``output``: scores and enrichment {concept: {layer:
+    file}}, margin {concept: file}, cost."""
     i, o = job.input, job.output
     models = {int(m): p for m, p in i["models"].items()}
     features = {(int(m), c): p for m, by_ckpt in i["features"].items() for c, p in by_ckpt.items()}
     concepts = {c: (i["probe_sets"][c], i["probes"][c]) for c in i["probe_sets"]}
     layers = list(job.params["layers"])
-    outputs = {c: {**{layer: (o["scores"][c][layer], o["enrichment"][c][layer]) for layer in layers},
-                   "margin": o["margin"][c]} for c in concepts}
-    score(concepts, layers, models, features, outputs, job.params)
+
+    def files(scores, enrich, margin):
+        return {c: {**{layer: (scores[c][layer], enrich[c][layer]) for layer in layers}, "margin": margin[c]}
+                for c in concepts}
+
+    (name,) = job.params.get("estimators", ["trak"])
+    outputs = {name: files(o["scores"], o["enrichment"], o["margin"]), "cost": o["cost"]}
+    score(concepts, layers, models, features, outputs, job.params, data_path=i.get("data"))

@@ -16,6 +16,7 @@ import numpy as np
 import yaml
 
 from .. import artifacts, stats
+from . import scorecard
 from ..ablation.sets import size as ablation_size
 
 
@@ -199,10 +200,11 @@ def answer_html(validations: dict, forest_src: str) -> str:
     """The page's opening: one line per concept, its three-way verdict in plain words, and the forest plot."""
     lines = []
     for concept, v in validations.items():
-        verdict = v["verdict"]
-        outcome = verdict.get("outcome") or "none"
-        cls = {"supported": "supported", "no effect": "noeffect"}.get(outcome, "inconclusive")
-        lines.append(f"<p class=\"verdict {cls}\">{html.escape(verdict['text'])}</p>")
+        others = list(v.get("verdicts", {}).items())[1:]     # the main verdict first, then by estimator
+        for label, verdict in [("", v["verdict"]), *((f"[by {est}'s top-k] ", x) for est, x in others)]:
+            outcome = verdict.get("outcome") or "none"
+            cls = {"supported": "supported", "no effect": "noeffect"}.get(outcome, "inconclusive")
+            lines.append(f"<p class=\"verdict {cls}\">{html.escape(label + verdict['text'])}</p>")
     return ("".join(lines) + f'<img src="{html.escape(forest_src)}" alt="forest plot of the contrasts">'
             "<p class=\"note\">Each contrast is the paired difference, over members, of the change in the fixed "
             "base probe's readout between the top-k and a control of the same size: random images, or as many of "
@@ -321,8 +323,21 @@ tr.failed td{background:#fde0e0}p.verdict{font-weight:bold}p.supported{color:#1a
 overflow-x:auto}section{margin-bottom:2.5em}.note{color:#555;font-size:0.9em}"""
 
 
+def scorecard_html(cards: dict) -> str:
+    parts = []
+    for concept, (location, card) in cards.items():
+        header, body = scorecard.table(concept, location, card)
+        parts.append(f"<h3>{html.escape(concept)} at {html.escape(location)}</h3>" + _table(header, body))
+    return ("".join(parts) + "<p class=\"note\">One row per estimator (attribution.estimators; docs/method.md, "
+            "\"Estimators\"). Enrichment: the share of ground-truth concept images among its top-k and bottom-k "
+            "over their base rate. LDS: the Spearman correlation over random removed subsets of its predicted and "
+            "the actual readout (the fixed probe's output on the targets) and the targets' classification margin, "
+            "with bootstrap intervals. Verdict: the three-way verdict of its top-k (ablation.estimators). CPU s: "
+            "its scoring job's CPU seconds (target gradients included; the shared TRAK features stage not).</p>")
+
+
 def render_html(compare: dict, config: dict, figures: dict, enrichment: dict, grids: dict,
-                validations: dict, lds: dict | None = None) -> str:
+                validations: dict, lds: dict | None = None, cards: dict | None = None) -> str:
     """The page. ``figures``: {name: file name}; ``grids``: {concept: file name};
     ``validations``: {concept: validate result}."""
     exp = html.escape(config.get("experiment", ""))
@@ -375,6 +390,8 @@ def render_html(compare: dict, config: dict, figures: dict, enrichment: dict, gr
         "predicted change (minus the sum of the removed images' scores; its magnitude is uncalibrated and no "
         "verdict reads it), and the paired contrasts of the top-k with each control.</p>"
         f"{validation_html(validations)}</section>",
+        (f"<section id=\"scorecard\"><h2>Estimators side by side</h2>{scorecard_html(cards)}</section>"
+         if cards else ""),
         (f"<section id=\"lds\"><h2>Attribution quality (LDS)</h2>{lds_html(lds)}</section>" if lds else ""),
         f"<section id=\"curves\"><h2>Removal curves</h2>{img('curves', 'removal curves')}</section>",
         "<section id=\"training\"><h2>Base-task test accuracy of every ensemble</h2>"
@@ -411,6 +428,12 @@ def build(files: dict, out: dict, cfg: dict) -> str:
     k = ablation_size(len(next(iter(scores.values()))), cfg["ablation"])
     validations = {c: artifacts.read_json(files["validate"][c]) for c in concepts}
     lds = {c: artifacts.read_json(p) for c, p in (files.get("lds") or {}).items()}
+    costs = {e: artifacts.read_json(p) for e, p in (files.get("costs") or {}).items()}
+    cards = {c: (locations[c], scorecard.rows(
+        c, locations[c], {e: {layer: artifacts.read_json(p) for layer, p in by_c[c].items()}
+                          for e, by_c in (files.get("estimators") or {}).items()},
+        lds.get(c), validations[c], costs)) for c in concepts}
+    artifacts.write_text(out["scorecard"], scorecard.format_text(cards) + "\n")
     curves_figure(validations, out["curves"])
     forest_figure(validations, out["forest"])
     depth_figure(compare, summaries, concepts, layers, "acc", out["accuracy"])
@@ -423,7 +446,8 @@ def build(files: dict, out: dict, cfg: dict) -> str:
     figures = {name: Path(out[name]).relative_to(folder).as_posix()
                for name in ("accuracy", "sparsity", "scores", "enrichment", "curves", "forest")}
     grids = {c: Path(out["grids"][c]).relative_to(folder).as_posix() for c in concepts}
-    artifacts.write_text(out["html"], render_html(compare, cfg["config"], figures, enrichment, grids, validations, lds))
+    artifacts.write_text(out["html"], render_html(compare, cfg["config"], figures, enrichment, grids, validations, lds,
+                                                       cards))
     return str(Path(out["html"]).resolve())
 
 

@@ -15,15 +15,16 @@ interval over subsets.
 
 The same is computed for the targets' classification margin (z_y - logsumexp_{j != y} z_j
 at each target's class y, TRAK's own output function), so the figures compare with the
-literature: actual from each twin's logits, predicted from the TRAK scores of that margin
-(``classification_margin.h5``); the baselines rank images the same for both readouts.
-Folder concepts have no classes: their margin LDS is undefined.
+literature: actual from each twin's logits, predicted from each estimator's scores of that
+margin (``classification_margin.h5``). Folder concepts have no classes: their margin LDS is
+undefined.
 
-Rank correlation is the measure because attribution magnitudes are not calibrated. The
-baselines give one score per image for every target: ``hardest`` ranks by the ensemble's
-mean out-to-loss term (1 - p(correct)), ``random`` draws seeded noise per (target, image)
-(its LDS is about 0). A baseline that scores targets and negatives alike predicts no
-change of the selectivity, so its aggregate LDS is undefined (reported as such).
+Every estimator of ``lds.estimators`` is read from the registry's files
+(``attribution.estimators``); rank correlation is the measure because attribution
+magnitudes are not calibrated. ``hardest`` gives one score per image for every target (the
+ensemble's mean out-to-loss), and ``random`` seeded noise (its LDS is about 0). An
+estimator without scores of the negatives (hardest) predicts no change of the
+selectivity, so its aggregate LDS is undefined (reported as such).
 """
 from __future__ import annotations
 
@@ -34,7 +35,6 @@ from scipy.stats import rankdata
 
 from .. import artifacts, stats
 from ..probing.summary import location_index
-from ..seeding import rng as seeded_rng
 from .validate import probe_readout
 
 log = logging.getLogger(__name__)
@@ -108,52 +108,48 @@ def margin_of(logits: np.ndarray, classes: np.ndarray) -> np.ndarray:
     return z[rows, classes] - (top + np.log(np.exp(others - top[:, None]).sum(1)))
 
 
-def estimator_scores(name: str, trak: dict, hardness: np.ndarray, seed: int, readout: str = "concept") -> dict:
-    """{"targets": [T, n], "negatives": [Tn, n] or None} for an estimator on ``readout``
-    ("concept": the probe's output; "margin": the classification margin)."""
-    t, neg = trak["per_target"], trak["per_negative"]
-    n = t.shape[1]
-    if name == "trak":
-        return {"targets": t, "negatives": neg}
-    if name == "hardest":
-        return {"targets": np.broadcast_to(hardness, t.shape), "negatives": None}
-    if name == "random":
-        g = seeded_rng(seed, "lds", "random-estimator", *(() if readout == "concept" else (readout,)))
-        return {"targets": g.standard_normal((t.shape[0], n)),
-                "negatives": None if neg is None else g.standard_normal((neg.shape[0], n))}
-    raise ValueError(f"lds.estimators: unknown estimator {name!r}")
+def estimator_scores(score_path, margin_path) -> dict:
+    """{"targets": [T, n], "negatives": [Tn, n] or None, "target_indices", "negative_indices",
+    "margin": [T, n] or None, "classes"} of one estimator at the concept's location (the
+    registry's files, ``attribution.estimators``)."""
+    per_target, targets = artifacts.per_target_scores(score_path)
+    per_negative, negatives = artifacts.negative_scores(score_path)
+    margin = artifacts.margin_scores(margin_path)
+    if margin is not None and not np.array_equal(margin[1], targets):
+        raise ValueError(f"{margin_path}: its targets are not those of {score_path}; rebuild it")
+    return {"targets": per_target.astype(np.float64), "target_indices": targets,
+            "negatives": None if per_negative is None else per_negative.astype(np.float64),
+            "negative_indices": negatives,
+            "margin": None if margin is None else margin[0].astype(np.float64),
+            "classes": None if margin is None else margin[2]}
 
 
 def lds(concept: str, cfg: dict, probe_set_path, probes_path, activation_paths: dict, ablation_paths: dict,
-        score_paths: dict, feature_paths: dict, margin_path=None) -> tuple:
+        score_paths: dict, margin_paths: dict) -> tuple:
     """(result dict, arrays for the HDF5 file). ``activation_paths``: {"base" or subset:
-    {member: file}}; ``ablation_paths``: {subset: file}; ``score_paths``: {layer: file};
-    ``feature_paths``: {member: {checkpoint: file}} (their out-to-loss terms);
-    ``margin_path``: the TRAK scores of the targets' classification margins."""
+    {member: file}}; ``ablation_paths``: {subset: file}; ``score_paths``: {estimator: {layer:
+    file}}; ``margin_paths``: {estimator: file}, its scores of the targets' classification
+    margins. Every estimator scores the same targets (checked)."""
     confidence, designs, members = cfg["confidence"], cfg["designs"], [int(m) for m in cfg["members"]]
     ps = artifacts.probe_set(probe_set_path, images=False)
     labels, held = ps["labels"], ps["heldout"]
     table = artifacts.probes_table(probes_path)
     location = table["layers"][location_index(table["heldout_bal_acc"])]
-    per_target, targets = artifacts.per_target_scores(score_paths[location])
-    per_negative, negatives = artifacts.negative_scores(score_paths[location])
+    scores = {est: estimator_scores(score_paths[est][location], margin_paths[est]) for est in cfg["estimators"]}
+    first = scores[cfg["estimators"][0]]
+    targets, negatives = first["target_indices"], first["negative_indices"]
+    for est, sc in scores.items():
+        if not np.array_equal(sc["target_indices"], targets):
+            raise ValueError(f"{score_paths[est][location]}: {est} scored other targets than "
+                             f"{cfg['estimators'][0]}; rebuild it")
     if negatives is None:
         negatives = np.flatnonzero(held & (labels == 0))
-    trak = {"per_target": per_target.astype(np.float64),
-            "per_negative": None if per_negative is None else per_negative.astype(np.float64)}
-    hardness = np.mean([artifacts.features(p, arrays=("out_to_loss",))["out_to_loss"]
-                        for by_ckpt in feature_paths.values() for p in by_ckpt.values()], axis=0)
     probes = {m: artifacts.probe(probes_path, m, location) for m in members}
 
     def readout(m, path):
         return probe_readout(probes[m], artifacts.activations(path)[location], labels, held, targets, negatives)
 
-    margin_scores = None if margin_path is None else artifacts.margin_scores(margin_path)
-    if margin_scores is not None:
-        if not np.array_equal(margin_scores[1], targets):
-            raise ValueError(f"{margin_path}: its targets are not the concept scores' targets; rebuild it")
-        margin_trak = {"per_target": margin_scores[0].astype(np.float64), "per_negative": None}
-        target_classes = margin_scores[2]
+    target_classes = next((sc["classes"] for sc in scores.values() if sc["classes"] is not None), None)
 
     def margins(path):
         return margin_of(artifacts.logits(path)[targets], target_classes)
@@ -161,7 +157,7 @@ def lds(concept: str, cfg: dict, probe_set_path, probes_path, activation_paths: 
     base = {m: readout(m, activation_paths["base"][str(m)]) for m in members}
     result = {"concept": concept, "location": location, "members": members, "n_targets": int(len(targets)),
               "n_negatives": int(len(negatives)), "confidence": confidence, "estimators": cfg["estimators"],
-              "margin": margin_scores is not None, "fractions": {}}
+              "margin": target_classes is not None, "fractions": {}}
     arrays = {}
     for fraction in sorted({d["fraction"] for d in designs.values()}):
         names = sorted((n for n, d in designs.items() if d["fraction"] == fraction),
@@ -170,14 +166,14 @@ def lds(concept: str, cfg: dict, probe_set_path, probes_path, activation_paths: 
         reads = {m: [readout(m, activation_paths[n][str(m)]) for n in names] for m in members}
         actual_t = np.stack([[r["targets"] for r in reads[m]] for m in members])           # [M, S, T]
         actual_sel = np.array([[r["selectivity"] for r in reads[m]] for m in members])      # [M, S]
-        if margin_scores is not None:
+        if target_classes is not None:
             actual_m = np.stack([[margins(activation_paths[n][str(m)]) for n in names] for m in members])  # [M, S, T]
         entry = {"n_subsets": len(names), "n_removed": int(len(removed[0])),
                  "actual_selectivity_change": stats.t_interval(
                      (actual_sel - np.array([[base[m]["selectivity"]] for m in members])).ravel(), confidence),
                  "estimators": {}}
         for est in cfg["estimators"]:
-            sc = estimator_scores(est, trak, hardness, cfg["seed"])
+            sc = scores[est]
             pred_t = predicted(sc["targets"], removed)                                     # [S, T]
             per_target = spearman(np.broadcast_to(pred_t.T, actual_t.transpose(0, 2, 1).shape),
                                   actual_t.transpose(0, 2, 1))                               # [M, T]
@@ -193,12 +189,11 @@ def lds(concept: str, cfg: dict, probe_set_path, probes_path, activation_paths: 
                 "n_defined": int(len(finite)), "aggregate": agg, "margin": None}
             arrays[f"{fraction:g}/{est}/lds_per_target"] = per_target
             arrays[f"{fraction:g}/{est}/predicted"] = pred_t
-            if margin_scores is not None:
-                pred_m = predicted(estimator_scores(est, margin_trak, hardness, cfg["seed"], "margin")["targets"],
-                                   removed)                                                  # [S, T]
+            if target_classes is not None and sc["margin"] is not None:
+                pred_m = predicted(sc["margin"], removed)                                     # [S, T]
                 entry["estimators"][est]["margin"] = bootstrap_mean_lds(pred_m, actual_m, cfg["seed"], confidence)
                 arrays[f"{fraction:g}/{est}/margin_predicted"] = pred_m
-        if margin_scores is not None:
+        if target_classes is not None:
             arrays[f"{fraction:g}/actual_margins"] = actual_m
         arrays[f"{fraction:g}/actual_targets"] = actual_t
         arrays[f"{fraction:g}/actual_selectivity"] = actual_sel
@@ -231,7 +226,7 @@ def format_text(result: dict) -> str:
 def lds_stage(job) -> str:
     i = job.input
     result, arrays = lds(job.wildcards["concept"], job.params, i["probe_set"], i["probes"], i["activations"],
-                         i["ablations"], i["scores"], i["features"], i["margin"])
+                         i["ablations"], i["scores"], i["margin"])
     text = format_text(result)
     artifacts.write_lds(job.output["h5"], job.params, result["concept"], result["location"], arrays)
     artifacts.write_json(job.output["json"], result)

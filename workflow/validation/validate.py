@@ -35,6 +35,7 @@ import numpy as np
 from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 
 from .. import artifacts, stats
+from ..ablation.sets import estimator_of
 from . import verdict as verdicts
 from ..probing.probes import decision_function
 from ..probing.summary import location_index
@@ -153,9 +154,10 @@ def contrasts(layer_result: dict, designs: dict, concept: str, layer_name: str, 
     for name, d in designs.items():
         if d["kind"] != "top" or d["concept"] != concept or d["layer"] != layer_name or name not in conds:
             continue
-        suffix = name[len(f"top-{concept}" + ("" if d["layer"] == "location" else f"-{d['layer']}")):]
-        others = {"random": f"random{suffix}", "bottom": name.replace("top-", "bottom-", 1),
-                  "matched": name.replace("top-", "matched-", 1)}
+        kind, rest = name.split("-", 1)                      # "top" or "top~<estimator>", the rest
+        tag = kind[len("top"):]
+        suffix = rest[len(concept + ("" if d["layer"] == "location" else f"-{d['layer']}")):]
+        others = {"random": f"random{suffix}", "bottom": f"bottom{tag}-{rest}", "matched": f"matched{tag}-{rest}"}
         for label, other in others.items():
             if other not in conds:
                 continue
@@ -190,11 +192,13 @@ def verdict(concept: str, contrasts: dict, oracle: dict | None, doses: dict, mea
 
 
 def curves(layer_result: dict, designs: dict, concept: str, confidence: float) -> dict:
-    """Removal curves at the location: per kind (top, bottom, random), the points over sizes."""
+    """Removal curves at the location: per kind (top, bottom, random), the points over sizes
+    (the sets of the first estimator of ``ablation.estimators``)."""
     conds = layer_result["conditions"]
+    main = next((estimator_of(d) for d in designs.values() if d["kind"] == "top"), "trak")
     out = {}
     for name, d in designs.items():
-        if d["kind"] not in ("top", "bottom", "random") or name not in conds:
+        if d["kind"] not in ("top", "bottom", "random") or name not in conds or estimator_of(d) != main:
             continue
         if d["kind"] != "random" and (d["concept"] != concept or d["layer"] != "location"):
             continue
@@ -239,35 +243,45 @@ def validate(concept: str, cfg: dict, probe_set_path, probes_path, activation_pa
         lr["contrasts"] = contrasts(lr, designs, concept, "location" if layer == location else layer, confidence)
         result["layers"][layer] = lr
     loc = result["layers"][location]
-    main_name = next((n for n, d in designs.items() if d["kind"] == "top" and d["concept"] == concept
-                      and d["layer"] == "location"), None)
-    main = {}
-    if main_name:
-        for control in ("random", "matched"):
-            other = "random" if control == "random" else main_name.replace("top-", "matched-", 1)
-            if f"{main_name} - {other}" in loc["contrasts"]:
-                main[control] = loc["contrasts"][f"{main_name} - {other}"]
+    conds = loc["conditions"]
     oracle_name = f"oracle-{concept}"
     oracle = None
-    conds = loc["conditions"]
     if oracle_name in conds and "random" in conds:
         o, r = conds[oracle_name]["per_member"], conds["random"]["per_member"]
         oracle = {k: interval(k, np.subtract(o[k], r[k]), confidence, loc["acc_step"])
                   for k in ("output_targets", "selectivity", "bal_acc")}
-    doses = {"top": conds[main_name]["n_concept"] if main_name in conds else None,
-             "random": conds["random"]["n_concept"] if "random" in conds else None,
-             "oracle": conds[oracle_name]["n_concept"] if oracle_name in conds else None}
     result["positive_control"] = oracle
-    result["doses"] = doses
     result["measure"] = cfg["measure"]
-    result["verdict"] = verdict(concept, main, oracle, doses, cfg["measure"], cfg["margin_fraction"],
-                                cfg["margin_absolute"])
+    result["verdicts"], result["doses_by_estimator"] = {}, {}
+    for estimator in dict.fromkeys(estimator_of(d) for d in designs.values() if d["kind"] == "top"):
+        main_name = next((n for n, d in designs.items() if d["kind"] == "top" and d["concept"] == concept
+                          and d["layer"] == "location" and estimator_of(d) == estimator), None)
+        if main_name is None:
+            continue
+        main = {}
+        for control in ("random", "matched"):
+            other = "random" if control == "random" else main_name.replace("top", "matched", 1)
+            if f"{main_name} - {other}" in loc["contrasts"]:
+                main[control] = loc["contrasts"][f"{main_name} - {other}"]
+        doses = {"top": conds[main_name]["n_concept"] if main_name in conds else None,
+                 "random": conds["random"]["n_concept"] if "random" in conds else None,
+                 "oracle": conds[oracle_name]["n_concept"] if oracle_name in conds else None}
+        result["verdicts"][estimator] = verdict(concept, main, oracle, doses, cfg["measure"],
+                                                cfg["margin_fraction"], cfg["margin_absolute"])
+        result["verdicts"][estimator]["condition"] = main_name
+        result["doses_by_estimator"][estimator] = doses
+    first = next(iter(result["verdicts"]), None)      # TRAK's where it was ablated
+    result["verdict"] = (result["verdicts"][first] if first else
+                         verdict(concept, {}, oracle, {}, cfg["measure"], cfg["margin_fraction"],
+                                 cfg["margin_absolute"]))
+    result["doses"] = result["doses_by_estimator"].get(first, {"top": None, "random": None, "oracle": None})
     result["curves"] = curves(loc, designs, concept, confidence)
     return result
 
 
 def format_text(result: dict) -> str:
     lines = [result["verdict"]["text"]]
+    lines += [f"[by {est}'s top-k] {v['text']}" for est, v in list(result.get("verdicts", {}).items())[1:]]
     loc = result["layers"][result["location"]]
     lines.append(f"  at {result['location']} ({loc['n_targets']} TRAK targets; change = twin - base with base "
                  f"member's probe held fixed; mean over members [{int(100 * result['confidence'])}% t-interval])")
