@@ -18,8 +18,7 @@ CONCEPTS = [c["name"] for c in TINY["concepts"]]
 MEMBERS = range(TINY["ensemble"]["size"])
 LAYERS = TINY["layers"]
 N_CKPT, N_SHARDS = len(TINY["trak"]["checkpoints"]), TINY["trak"]["shards"]
-CONDITIONS = ["top-hilo", "bottom-hilo", "random", "oracle-hilo", "matched-hilo",  # tiny.yaml ablates hilo only,
-              "top~grad_cos-hilo", "bottom~grad_cos-hilo", "matched~grad_cos-hilo"]  # by trak and by grad_cos
+CONDITIONS = ["top-hilo", "bottom-hilo", "random", "oracle-hilo", "matched-hilo"]  # tiny.yaml ablates hilo only
 OTHER_ESTIMATORS = [e for e in TINY["attribution"]["estimators"] if e != "trak"]
 N_COND = 1 + len(CONDITIONS)
 
@@ -119,7 +118,7 @@ def plus(*dicts):
 
 TRAK = {"featurize": N * N_SHARDS, "gather_features": N, "score": 1, "trak_report": 1}
 EST = {"estimate": len(OTHER_ESTIMATORS)}      # one scoring job per other estimator
-SCORED = 2 * 3        # top-k, bottom-k and matched sets of the two ablated estimators
+SCORED = 3            # the top-k, bottom-k and matched sets
 # the LDS stage (tiny.yaml: fractions x subsets twins of member 0): one job per concept, and its twins
 N_LDS_F = len(TINY["lds"]["fractions"])
 LDS = {"lds": C}
@@ -448,7 +447,8 @@ def test_cifar10_runs_end_to_end_from_a_local_pickle_tree(tmp_path):
     cfg["probe_set"] = {"size": 32, "heldout_fraction": 0.3}
     cfg["train"].update(epochs=1, checkpoint_every=0)
     cfg["trak"].update(checkpoints=["final"], shards=1, max_targets=4)
-    cfg["ablation"].update(concepts=None, controls=["random", "oracle"])
+    cfg["ablation"].update(concepts=None, controls=["random", "oracle"], estimators=["trak"])
+    cfg["attribution"] = {"estimators": ["trak"]}
     cfg["compare"]["max_test_acc_drop"] = 1.0                   # random pixels: nothing to learn
     cfg["lds"] = {"fractions": []}
     write_config(tmp_path, cfg)
@@ -522,16 +522,14 @@ def test_lds_on_the_tiny_run_writes_every_field(tiny_run):
 
 
 def test_every_estimator_scores_and_the_scorecard_reports_them(tiny_run):
-    """The registry end to end: each other estimator's job writes TRAK's file format; the
-    grad_cos top-k removes exactly the k highest grad_cos concept scores at the location and
-    is judged by validate; the report's scorecard has a row per estimator."""
+    """The registry end to end: each other estimator's job writes TRAK's file format for the
+    same targets; the report's scorecard has a row per estimator."""
     import json
 
     from workflow import artifacts
 
     res = tiny_run / "results" / "tiny"
     n_train = TINY["dataset"]["synthetic"]["n_train"]
-    summary = artifacts.summary(res / "base" / "summary.json")
     for est in OTHER_ESTIMATORS:
         cost = json.loads((res / "base" / "attribution" / est / "cost.json").read_text())
         assert set(cost["estimators"]) == {est} and cost["estimators"][est] >= 0
@@ -544,15 +542,53 @@ def test_every_estimator_scores_and_the_scorecard_reports_them(tiny_run):
                 assert np.isfinite(per_target).all()
                 e = json.loads(path.with_suffix(".json").read_text())
                 assert e["estimator"] == est and e["enrichment"] >= 0
-    loc = summary["hilo"]["location"]
-    scores = artifacts.concept_scores(res / "base" / "attribution" / "grad_cos" / "hilo" / f"{loc}.h5")
-    k = round(TINY["ablation"]["fractions"][0] * n_train)
-    removed = artifacts.ablation(res / "ablation" / "top~grad_cos-hilo.h5")["removed"]
-    assert set(removed) == set(np.argsort(-scores, kind="stable")[:k])
-    v = json.loads((res / "validate" / "hilo.json").read_text())
-    assert set(v["verdicts"]) == {"trak", "grad_cos"} and v["verdict"] == v["verdicts"]["trak"]
-    assert v["verdicts"]["grad_cos"]["condition"] == "top~grad_cos-hilo"
-    assert "top~grad_cos-hilo - matched~grad_cos-hilo" in v["layers"][loc]["contrasts"]
     card = (res / "report" / "scorecard.txt").read_text()
     for est in TINY["attribution"]["estimators"]:
         assert re.search(rf"^  {est} ", card, re.M), card
+
+
+def test_an_estimators_top_k_is_its_own_condition(tiny_run, tmp_path):
+    """ablation.estimators: grad_cos's top-k, bottom-k and matched sets join TRAK's under names
+    carrying the estimator; the dry run plans exactly them (and what depends on them), and the
+    top-k set removes the k highest grad_cos concept scores at the location. (Retraining them
+    is the same rules as TRAK's: the tiny run leaves it out for CI time.)"""
+    import shutil
+
+    from workflow import artifacts
+
+    wd = tmp_path / "copy"
+    shutil.copytree(tiny_run, wd, symlinks=True)
+    cfg = yaml.safe_load(yaml.safe_dump(TINY))
+    cfg["ablation"]["estimators"] = ["trak", "grad_cos"]
+    write_config(wd, cfg)
+    new = ["top~grad_cos-hilo", "bottom~grad_cos-hilo", "matched~grad_cos-hilo"]
+    counts = job_counts(run_snakemake(wd, "-n", "--cores", "1").stdout)
+    assert counts == plus({"ablate": 3}, retrain(3), REPORT, VALIDATE), counts
+    run_snakemake(wd, "--cores", "1", "results/tiny/ablation/top~grad_cos-hilo.h5")
+    res = wd / "results" / "tiny"
+    loc = artifacts.summary(res / "base" / "summary.json")["hilo"]["location"]
+    scores = artifacts.concept_scores(res / "base" / "attribution" / "grad_cos" / "hilo" / f"{loc}.h5")
+    k = round(TINY["ablation"]["fractions"][0] * TINY["dataset"]["synthetic"]["n_train"])
+    top = artifacts.ablation(res / "ablation" / f"{new[0]}.h5")
+    assert set(top["removed"]) == set(np.argsort(-scores, kind="stable")[:k])
+    assert "grad_cos concept scores" in top["reason"]
+
+
+def test_validate_pairs_each_estimators_top_k_with_its_own_controls():
+    """validate pairs each estimator's top-k with its own bottom-k and matched sets and the
+    shared random one (hand-built conditions)."""
+    from workflow.ablation.sets import conditions
+    from workflow.validation.validate import contrasts
+
+    cfg = yaml.safe_load(yaml.safe_dump(TINY))
+    cfg["ablation"]["estimators"] = ["trak", "grad_cos"]
+    designs = conditions(cfg)
+    per_member = {k: [0.1, 0.2] for k in ("output_targets", "selectivity", "bal_acc", "auc")}
+    lr = {"acc_step": 0.01, "conditions": {n: {"per_member": per_member, "predicted": {"selectivity": 0.0, "mean": 0.0}}
+                                           for n in designs}}
+    got = contrasts(lr, designs, "hilo", "location", 0.95)
+    assert set(got) == {f"top{t}-hilo - {o}" for t in ("", "~grad_cos")
+                        for o in ("random", f"bottom{t}-hilo", f"matched{t}-hilo")}
+    assert got["top~grad_cos-hilo - matched~grad_cos-hilo"]["control_kind"] == "matched"
+
+
