@@ -165,54 +165,54 @@ class Trak(Estimator):
 class GradDot(Estimator):
     name, uses = "grad_dot", "gradients"
     formula = "mean_m phi_m(i) . g_m(c)"
+    normalise = False        # grad_cos: both sides to unit length first
 
     def _add(self, ck):
-        x = _f64(ck.x)
+        prepare = _rows_normalised if self.normalise else _f64
+        x = prepare(ck.x)
         for key, g in ck.g.items():
-            self._sum(key, x @ _f64(g).T)
+            self._sum(key, x @ prepare(g).T)
 
     def _scores(self, key, n_train):
         return (self.acc[key] / self.n_models).T
 
 
-class GradCos(Estimator):
-    name, uses = "grad_cos", "gradients"
+class GradCos(GradDot):
+    name = "grad_cos"
     formula = "mean_m cos(phi_m(i), g_m(c))"
-
-    def _add(self, ck):
-        x = _rows_normalised(ck.x)
-        for key, g in ck.g.items():
-            self._sum(key, x @ _rows_normalised(g).T)
-
-    def _scores(self, key, n_train):
-        return (self.acc[key] / self.n_models).T
+    normalise = True
 
 
-class TracIn(Estimator):
-    name, uses = "tracin", "gradients"
-    formula = "mean_members sum_checkpoints eta_m (1 - p_m(y_i)) phi_m(i) . g_m(c)"
+class MeanOverMembers(Estimator):
+    """Sums over checkpoints within a member, then the mean over members."""
 
     def __init__(self, seed: int = 0):
         super().__init__(seed)
         self.members = set()
+
+    def add(self, ck):
+        super().add(ck)
+        self.members.add(ck.member)
+
+    def _scores(self, key, n_train):
+        if key not in self.acc:      # similarity's margin: no activations to compare
+            return None
+        return (self.acc[key] / len(self.members)).T
+
+
+class TracIn(MeanOverMembers):
+    name, uses = "tracin", "gradients"
+    formula = "mean_members sum_checkpoints eta_m (1 - p_m(y_i)) phi_m(i) . g_m(c)"
 
     def _add(self, ck):
         x = _f64(ck.x) * (ck.lr_weight * ck.out_to_loss)[:, None]
         for key, g in ck.g.items():
             self._sum(key, x @ _f64(g).T)
-        self.members.add(ck.member)
-
-    def _scores(self, key, n_train):
-        return (self.acc[key] / len(self.members)).T
 
 
-class Similarity(Estimator):
+class Similarity(MeanOverMembers):
     name, uses = "similarity", "activations"
     formula = "mean_members cos(a_m(i), mean_t a_m(t)) at the probed layer"
-
-    def __init__(self, seed: int = 0):
-        super().__init__(seed)
-        self.members = set()
 
     def _add(self, ck):
         if ck.acts is None:          # activations come with each member's final checkpoint only
@@ -225,12 +225,6 @@ class Similarity(Estimator):
             cos = a @ means.T                                                    # [n, 1 or 2]
             self._sum(key, np.concatenate([np.repeat(cos[:, :1], n_targets, 1),
                                            np.repeat(cos[:, 1:], len(t) - n_targets, 1)], 1))
-        self.members.add(ck.member)
-
-    def _scores(self, key, n_train):
-        if key not in self.acc:      # the margin: no activations to compare
-            return None
-        return (self.acc[key] / len(self.members)).T
 
 
 class Hardest(Estimator):
