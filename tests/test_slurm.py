@@ -109,9 +109,9 @@ def test_tiny_config_through_real_slurm_equals_local_run(local_slurm, tiny_run, 
     # the verdicts need every retrained condition (the part of the DAG that is most of its jobs);
     # the LDS twins, the other estimators' scoring and the report are the same rules again
     verdicts = "results/tiny/compare/verdicts.txt"
-    proc = subprocess.run([SNAKEMAKE, "-s", str(REPO / "Snakefile"), "--profile",
-                           str(REPO / "profiles" / "slurm-local"), "--configfile", str(tmp_path / "config.yaml"),
-                           verdicts], cwd=tmp_path, env=local_slurm, capture_output=True, text=True, timeout=1500)
+    proc = subprocess.run([SNAKEMAKE, "-s", str(REPO / "Snakefile"), verdicts, "--profile",   # the target before
+                           str(REPO / "profiles" / "slurm-local"), "--configfile", str(tmp_path / "config.yaml")],
+                          cwd=tmp_path, env=local_slurm, capture_output=True, text=True, timeout=1500)   # --configfile's list
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-5000:]
     # every job went through SLURM: a job id per submitted job, a SLURM log per job id,
