@@ -233,8 +233,9 @@ def scores_of(estimator, condition="base"):
 
 
 def margin_scores_of(estimator, condition="base"):
-    pattern = MARGIN_SCORES if estimator == "trak" else partial(EST_MARGIN, estimator=estimator)
-    return partial(pattern, condition=condition)
+    """The per-concept margin scores pattern of ``estimator`` ({concept} left): every
+    estimator's under attribution/<estimator>/, made by rule score_margin."""
+    return partial(MARGIN_SCORES, estimator=estimator, condition=condition)
 
 
 def ablate_inputs(w):

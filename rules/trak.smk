@@ -7,7 +7,6 @@ SHARD = f"{RESULTS}/{{condition}}/trak/features/m{{member}}/{{ckpt}}/shard{{shar
 FEATURES = f"{RESULTS}/{{condition}}/trak/features/m{{member}}_{{ckpt}}.h5"
 SCORES = f"{RESULTS}/{{condition}}/trak/scores/{{concept}}/{{layer}}.h5"
 ENRICHMENT = f"{RESULTS}/{{condition}}/trak/scores/{{concept}}/{{layer}}.json"
-MARGIN_SCORES = f"{RESULTS}/{{condition}}/trak/scores/{{concept}}/classification_margin.h5"
 
 FEATURIZE_INPUTS = {"model": MODEL, "data": BASE}
 FEATURIZE_OUTPUTS = {"shards": keyed(SHARD, ckpt=TRAK_CKPTS)}
@@ -63,7 +62,6 @@ SCORE_INPUTS = {"probe_sets": keyed(PROBE_SET, concept=CONCEPTS), "probes": keye
                 "features": keyed(FEATURES, member=MEMBERS, ckpt=TRAK_CKPTS)}
 SCORE_OUTPUTS = {"scores": keyed(SCORES, concept=CONCEPTS, layer=LAYERS),
                  "enrichment": keyed(ENRICHMENT, concept=CONCEPTS, layer=LAYERS),
-                 "margin": keyed(MARGIN_SCORES, concept=CONCEPTS),
                  "cost": f"{RESULTS}/{{condition}}/trak/cost.json"}
 
 
@@ -93,11 +91,9 @@ rule score:
 # (the similarity baseline reads the training images' activations).
 EST_SCORES = f"{RESULTS}/{{condition}}/attribution/{{estimator}}/{{concept}}/{{layer}}.h5"
 EST_ENRICHMENT = f"{RESULTS}/{{condition}}/attribution/{{estimator}}/{{concept}}/{{layer}}.json"
-EST_MARGIN = f"{RESULTS}/{{condition}}/attribution/{{estimator}}/{{concept}}/classification_margin.h5"
 ESTIMATE_INPUTS = {**SCORE_INPUTS, "data": BASE}
 ESTIMATE_OUTPUTS = {"scores": keyed(EST_SCORES, concept=CONCEPTS, layer=LAYERS),
                     "enrichment": keyed(EST_ENRICHMENT, concept=CONCEPTS, layer=LAYERS),
-                    "margin": keyed(EST_MARGIN, concept=CONCEPTS),
                     "cost": f"{RESULTS}/{{condition}}/attribution/{{estimator}}/cost.json"}
 
 
@@ -119,6 +115,36 @@ rule estimate:
         "../envs/torch.yaml"
     shell:
         stage_cmd("estimate")
+
+
+# Every estimator's scores of the targets' classification margin (TRAK's own output
+# function): the LDS stage's second readout, comparable with the literature. A job of its
+# own, so only a run that asks for the LDS computes the margin's target gradients.
+MARGIN_SCORES = f"{RESULTS}/{{condition}}/attribution/{{estimator}}/{{concept}}/classification_margin.h5"
+MARGIN_INPUTS = {"probe_sets": keyed(PROBE_SET, concept=CONCEPTS), "models": keyed(MODEL, member=MEMBERS), "data": BASE,
+                 "features": keyed(FEATURES, member=MEMBERS, ckpt=TRAK_CKPTS)}
+MARGIN_OUTPUTS = {"margin": keyed(MARGIN_SCORES, concept=CONCEPTS),
+                  "cost": f"{RESULTS}/{{condition}}/attribution/{{estimator}}/margin_cost.json"}
+
+
+rule score_margin:
+    input:
+        unpack(inputs(MARGIN_INPUTS)),
+    output:
+        **flat(MARGIN_OUTPUTS),
+    params:
+        cfg=lambda w: as_json({**score_params(w.estimator), "estimators": [w.estimator], "readout": "margin"}),
+        files=stage_files(MARGIN_INPUTS, MARGIN_OUTPUTS),
+        code=code_digest("score-margin"),
+    threads: config["threads"]["trak"]
+    resources:
+        **rule_resources("score", device=config["trak"]["device"]),
+    log:
+        f"{LOGS}/{{condition}}/score_margin_{{estimator}}.log",
+    conda:
+        "../envs/torch.yaml"
+    shell:
+        stage_cmd("score-margin")
 
 
 TRAK_REPORT_INPUTS = {"summary": SUMMARY, "data": BASE, "probe_sets": keyed(PROBE_SET, concept=CONCEPTS),

@@ -159,3 +159,94 @@ def test_the_config_schema_names_exactly_the_registry():
         assert tuple(schema[block]["properties"]["estimators"]["items"]["enum"]) == estimators.NAMES
     with pytest.raises(ValueError, match="unknown estimator 'magic'"):
         estimators.make("magic")
+
+
+# -- EK-FAC (kronfluence) ---------------------------------------------------------------------
+
+def _ekfac_setup():
+    """Two members of the tiny net (float32, as the workflow trains), a training set and a
+    fixed linear readout of the logits."""
+    r = np.random.default_rng(1)
+    x = to_input(r.integers(0, 256, (N, 4, 4, 3), dtype=np.uint8))
+    y = torch.as_tensor(r.integers(0, C, N))
+    train = torch.utils.data.TensorDataset(x, y)
+    queries = r.integers(0, 256, (T + TN, 4, 4, 3), dtype=np.uint8)
+    w = torch.tensor([0.5, -1.0, 2.0])
+    return [TinyNet(10 + m) for m in range(2)], train, queries, w
+
+
+def _ekfac_checkpoint(member, model, train, queries, w):
+    readouts = {"k": (lambda net, img: net(img) @ w, queries, None)}
+    return estimators.Checkpoint(member, "final", None, None, np.zeros(N), {}, rows={"k": len(queries)},
+                                 final={"model": model, "readouts": readouts, "train": train, "size": None,
+                                        "batch_size": 5, "device": torch.device("cpu")})
+
+
+def test_ekfac_is_the_librarys_own_influence_in_trak_sign_averaged_over_members():
+    """The registry's ekfac against kronfluence called directly (its documented Analyzer API,
+    a task written here): -mean over members of the library's pairwise scores, the same
+    bytes on a second run (the Fisher's sampled labels are seeded)."""
+    from kronfluence.analyzer import Analyzer, prepare_model
+    from kronfluence.arguments import FactorArguments, ScoreArguments
+    from kronfluence.task import Task
+
+    models, train, queries, w = _ekfac_setup()
+    est = estimators.make("ekfac", seed=3)
+    again = estimators.make("ekfac", seed=3)
+    for m, model in enumerate(models):
+        est.add(_ekfac_checkpoint(m, model, train, queries, w))
+        again.add(_ekfac_checkpoint(m, model, train, queries, w))
+    per_target, per_negative = est.scores("k", T, N)
+    assert np.array_equal(per_target, again.scores("k", T, N)[0])
+
+    class Direct(Task):
+        def __init__(self):
+            self.gen = torch.Generator().manual_seed(3)
+
+        def compute_train_loss(self, batch, model, sample=False):
+            xb, yb = batch
+            logits = model(xb)
+            if sample:
+                yb = torch.multinomial(torch.softmax(logits.detach().double(), -1), 1, generator=self.gen)[:, 0]
+            return torch.nn.functional.cross_entropy(logits, yb, reduction="sum")
+
+        def compute_measurement(self, batch, model):
+            return (model(batch[0]) @ w).sum()
+
+    import copy
+    import tempfile
+
+    library = []
+    for model in models:
+        torch.manual_seed(3)
+        task = Direct()
+        net = prepare_model(copy.deepcopy(model).eval(), task)
+        with tempfile.TemporaryDirectory() as tmp:
+            an = Analyzer("direct", net, task, cpu=True, disable_tqdm=True, output_dir=tmp)
+            an.fit_all_factors("f", train, per_device_batch_size=5, factor_args=FactorArguments(strategy="ekfac"))
+            q = torch.utils.data.TensorDataset(to_input(queries), torch.zeros(len(queries)))
+            an.compute_pairwise_scores("s", "f", q, train, per_device_query_batch_size=len(queries),
+                                       per_device_train_batch_size=5, score_args=ScoreArguments(damping_factor=None))
+            library.append(an.load_pairwise_scores("s")["all_modules"].double().numpy())
+    expected = -np.mean(library, axis=0)
+    assert np.abs(expected).max() > 0 and not np.allclose(library[0], library[1])   # two different members
+    np.testing.assert_allclose(per_target, expected[:T], rtol=1e-6, atol=1e-9 * np.abs(expected).max())
+    np.testing.assert_allclose(per_negative, expected[T:], rtol=1e-6, atol=1e-9 * np.abs(expected).max())
+
+
+def test_ekfac_with_a_huge_damping_is_the_exact_gradient_product():
+    """As the damping lam grows, (G + lam I)^-1 -> I / lam, so lam x ekfac -> -grad f(q) . grad
+    L(i) = grad f(q) . grad log p(y_i | x_i), by exact autograd: the sign (TRAK's: a positive
+    score supports the readout) and the plumbing, independently of the library's curvature."""
+    from workflow.attribution import ekfac
+
+    models, train, queries, w = _ekfac_setup()
+    model, lam = models[0], 1e7
+    got = ekfac.influence(model, train, {"k": (lambda net, img: net(img) @ w, queries, None)}, seed=0,
+                          batch_size=5, damping=lam)["k"] * lam
+    xq = to_input(queries)
+    g_q = np.stack([exact_gradient(model, lambda t=t: (model(xq[t:t + 1]) @ w)[0]) for t in range(len(queries))])
+    g_i = np.stack([exact_gradient(model, lambda i=i: torch.log_softmax(model(train[i][0][None]), -1)[0, train[i][1]])
+                    for i in range(N)])
+    by_hand = g_q @ g_i.T
+    np.testing.assert_allclose(got, by_hand, rtol=2e-3, atol=2e-4 * np.abs(by_hand).max())

@@ -101,7 +101,7 @@ def test_digest_changes_with_an_imported_module_only(tmp_path, monkeypatch):
         target.write_text(original)
         provenance.direct_imports.cache_clear()
     changed = {s for s in STAGES if before[s] != after[s]}
-    assert changed == {"score", "estimate"}          # both run workflow.attribution.scores
+    assert changed == {"score", "estimate", "score-margin"}   # all run workflow.attribution.scores
 
 
 def test_no_sys_path_edits_in_the_workflow():

@@ -392,7 +392,7 @@ def test_probe_stage_gives_the_same_bytes_twice(tiny_run, tmp_path):
         assert np.array_equal(a["sparsity_k"][()], b["sparsity_k"][()])   # and equal to the workflow's run
 
 
-TIMINGS = ("cost.json", "scorecard.txt", "index.html")   # CPU seconds measured by the run (the scorecard's cost)
+TIMINGS = ("cost.json", "margin_cost.json", "scorecard.txt", "index.html")   # CPU seconds measured by the run (the scorecard's cost)
 
 
 def results_bytes(wd) -> dict:
@@ -504,7 +504,7 @@ def test_lds_on_the_tiny_run_writes_every_field(tiny_run):
             # the literature's LDS: the same targets' classification margin at their class
             assert r["margin"]
             m_scores, m_targets, m_classes = artifacts.margin_scores(
-                res / "base" / "trak" / "scores" / concept / "classification_margin.h5")
+                res / "base" / "attribution" / "trak" / concept / "classification_margin.h5")
             ps = artifacts.probe_set(res / "data" / f"probe_{concept}.h5", images=False)
             np.testing.assert_array_equal(m_classes, ps["classes"][m_targets])
             np.testing.assert_allclose(arrays[f"{frac}/trak/margin_predicted"],

@@ -20,6 +20,7 @@ STAGES = {
     "gather": ("workflow.attribution.features", "gather_stage", True),
     "score": ("workflow.attribution.scores", "score_stage", True),
     "estimate": ("workflow.attribution.scores", "score_stage", True),
+    "score-margin": ("workflow.attribution.scores", "score_stage", True),
     "trak-report": ("workflow.attribution.report", "trak_report_stage", False),
     "ablate": ("workflow.ablation.sets", "ablate_stage", False),
     "validate": ("workflow.validation.validate", "validate_stage", False),

@@ -11,11 +11,14 @@ What the score stage hands each estimator, per checkpoint m (``Checkpoint``):
   (the stored features);
 - ``x_inv``: X_m (X_m^T X_m + lam I)^-1 [n, k] (TRAK's preconditioned features);
 - ``out_to_loss``: 1 - p_m(y_i | x_i) [n];
-- ``g``: {target set: projected gradients of the probe's output g_m(t) [T + Tn, k]}, with
-  the same projection;
+- ``g``: {target set: projected gradients of the readout g_m(t) [T + Tn, k]}, with the same
+  projection (empty where no estimator of the job reads gradients; ``rows`` then gives each
+  target set's number of rows);
 - ``lr_weight``: the sum of the learning rates of the steps the checkpoint closes (TracIn);
 - ``acts``/``target_acts``: pooled activations of the training images and of the targets at
-  each probed layer (final checkpoints only: the similarity baseline).
+  each probed layer (final checkpoints only: the similarity baseline);
+- ``final``: the member's final model, the readouts as functions and the training data
+  (final checkpoints only: EK-FAC, which computes its own gradients and curvature).
 
 Formulas (means over models m; c = the probe target; i = a training image):
 
@@ -25,6 +28,9 @@ Formulas (means over models m; c = the probe target; i = a training image):
 - ``tracin``: mean over members of sum over checkpoints of lr_weight_m * out_to_loss_m(i) *
   phi_m(i) . g_m(c): TracIn-CP, since the training loss's gradient is -(1 - p) times the
   margin's gradient;
+- ``ekfac``: -mean_m g_m(c)^T (G_m + lam I)^-1 grad L_m(i) on each member's final model,
+  with G_m the EK-FAC approximation of the Fisher of its Linear and Conv2d weights, from
+  kronfluence (``ekfac.py``): unprojected gradients;
 - ``similarity``: cos(a(i), mean of the targets' a) at the probed layer (a: pooled
   activations of the final model), mean over members; the negatives' row uses the
   negatives' mean;
@@ -86,10 +92,17 @@ class Checkpoint:
     """What one model checkpoint contributes (see the module docstring)."""
 
     def __init__(self, member: int, ckpt: str, x, x_inv, out_to_loss, g: dict, lr_weight: float = 1.0,
-                 acts: dict | None = None, target_acts: dict | None = None):
+                 acts: dict | None = None, target_acts: dict | None = None, rows: dict | None = None,
+                 final: dict | None = None):
         self.member, self.ckpt = member, ckpt
+        # the member's final model, its readouts and the training data (final checkpoints only,
+        # where an estimator reads the model itself): {"model", "readouts", "train", "size",
+        # "batch_size", "device"}
+        self.final = final
         self.x, self.x_inv, self.out_to_loss, self.g = x, x_inv, np.asarray(out_to_loss, np.float64), g
         self.lr_weight, self.acts, self.target_acts = lr_weight, acts, target_acts
+        # {target set: rows}; given where no estimator needs the gradients (then ``g`` is empty)
+        self.rows = {key: len(v) for key, v in g.items()} if rows is None else rows
 
 
 def _f64(a) -> np.ndarray:
@@ -227,6 +240,22 @@ class Similarity(MeanOverMembers):
                                            np.repeat(cos[:, 1:], len(t) - n_targets, 1)], 1))
 
 
+class Ekfac(MeanOverMembers):
+    """EK-FAC influence (kronfluence) of each member's final model: ``ekfac.influence``."""
+    name, uses = "ekfac", "model"
+    formula = "-mean_members g_m(c)^T (G_m + lam I)^-1 grad L_m(i), G_m the EK-FAC Fisher (kronfluence)"
+
+    def _add(self, ck):
+        if ck.final is None:         # the final model comes with each member's last checkpoint only
+            return
+        from .ekfac import influence
+
+        f = ck.final
+        for key, s in influence(f["model"], f["train"], f["readouts"], self.seed, f["batch_size"],
+                                cpu=f["device"].type == "cpu", size=f["size"]).items():
+            self._sum(key, s.T)
+
+
 class Hardest(Estimator):
     name, uses = "hardest", "out_to_loss"
     formula = "mean_m (1 - p_m(y_i)), the same for every target"
@@ -237,8 +266,7 @@ class Hardest(Estimator):
 
     def _add(self, ck):
         self.otl = ck.out_to_loss if self.otl is None else self.otl + ck.out_to_loss
-        for key, g in ck.g.items():
-            self.rows[key] = len(g)
+        self.rows.update(ck.rows)
 
     def scores(self, key, n_targets, n_train):
         start = time.process_time()
@@ -256,14 +284,13 @@ class Random(Estimator):
         self.rows = {}
 
     def _add(self, ck):
-        for key, g in ck.g.items():
-            self.rows[key] = len(g)
+        self.rows.update(ck.rows)
 
     def _scores(self, key, n_train):
         return seeded_rng(self.seed, "estimator", "random", *map(str, key)).standard_normal((self.rows[key], n_train))
 
 
-REGISTRY = {cls.name: cls for cls in (Trak, GradDot, GradCos, TracIn, Similarity, Hardest, Random)}
+REGISTRY = {cls.name: cls for cls in (Trak, GradDot, GradCos, TracIn, Ekfac, Similarity, Hardest, Random)}
 NAMES = tuple(REGISTRY)
 DEFAULT = "trak"
 

@@ -34,6 +34,7 @@ from ..runtime import resolve_device
 from ..seeding import rng as seeded_rng
 from . import estimators
 from .estimators import Ensemble, combine  # noqa: F401  (TRAK's ensemble rule, used here before the registry)
+from .ekfac import BlockDataset
 from .features import margin, setup
 
 log = logging.getLogger(__name__)
@@ -146,22 +147,48 @@ class Timer:
 
 def checkpoint_inputs(member, ckpt, models, features, concepts, targets, layers, names, cfg, data_path, timer,
                       lr_weight) -> estimators.Checkpoint:
-    """What checkpoint (member, ckpt) hands every estimator: features, target gradients and,
-    for the similarity baseline, the final model's pooled activations (once per member)."""
-    tcfg = cfg["trak"]
+    """What checkpoint (member, ckpt) hands every estimator: features, the rows of each
+    target set and, where an estimator of ``names`` reads them, the target gradients of the
+    job's readout (``cfg["readout"]``: the probes at each layer, or the targets'
+    classification margin) and the final model's pooled activations (the similarity
+    baseline; probe readouts only, once per member)."""
+    tcfg, readout = cfg["trak"], cfg.get("readout", "probe")
     model, grads, attrs = setup(models[member], ckpt, member, tcfg)
     arrays = ("x_xtx_inv", "out_to_loss") + (("grads",) if estimators.needs(names, "gradients", raw=True) else ())
     feats = artifacts.features(features[(member, ckpt)], arrays=arrays)
     check_features(features[(member, ckpt)], feats, attrs)
-    g = timer("target gradients", lambda: {
-        **{(c, layer): probe_gradients(model, grads, artifacts.probe(concepts[c][1], member, layer), layer,
-                                       targets[c][2], attrs["model_id"], tcfg["batch_size"])
-           for c in concepts for layer in layers},
-        **{(c, "margin"): margin_gradients(model, grads, targets[c][2][:len(targets[c][0])], targets[c][3],
-                                           attrs["model_id"], tcfg["batch_size"])
-           for c in concepts if targets[c][3] is not None}})
+    if readout == "probe":
+        rows = {(c, layer): len(targets[c][2]) for c in concepts for layer in layers}
+    else:
+        rows = {(c, "margin"): len(targets[c][0]) for c in concepts if targets[c][3] is not None}
+    g = {}
+    if estimators.needs(names, "gradients"):
+        def gradients(key):
+            c, layer = key
+            if layer == "margin":
+                return margin_gradients(model, grads, targets[c][2][:len(targets[c][0])], targets[c][3],
+                                        attrs["model_id"], tcfg["batch_size"])
+            return probe_gradients(model, grads, artifacts.probe(concepts[c][1], member, layer), layer,
+                                   targets[c][2], attrs["model_id"], tcfg["batch_size"])
+        g = timer("target gradients", lambda: {key: gradients(key) for key in rows})
+    last = ckpt == max(c for m, c in features if m == member)
+    final = None
+    if estimators.needs(names, "model") and last:
+        final_model = checkpoints.load(models[member], "final", next(model.parameters()).device)
+        readouts = {}
+        for c, layer in rows:
+            if layer == "margin":
+                readouts[(c, layer)] = (lambda m, x, y: margin(m(x), y), targets[c][2][:len(targets[c][0])],
+                                        targets[c][3])
+            else:
+                probe = ProbeOutput(artifacts.probe(concepts[c][1], member, layer), layer,
+                                    device=next(model.parameters()).device)
+                readouts[(c, layer)] = (probe.through_logits, targets[c][2], None)
+        final = {"model": final_model, "readouts": readouts, "train": BlockDataset(data_path),
+                 "size": artifacts.base_info(data_path)["image_size"], "batch_size": tcfg["batch_size"],
+                 "device": next(model.parameters()).device}
     acts = target_acts = None
-    if "similarity" in names and ckpt == max(c for m, c in features if m == member):
+    if readout == "probe" and "similarity" in names and last:
         final = checkpoints.load(models[member], "final", next(model.parameters()).device)
         acts = timer("activations", training_activations, final, data_path, layers, tcfg["batch_size"])
         target_acts = {"keys": {(c, layer): (layer, len(targets[c][0])) for c in concepts for layer in layers}}
@@ -170,7 +197,7 @@ def checkpoint_inputs(member, ckpt, models, features, concepts, targets, layers,
                            next(final.parameters()).device, tcfg["batch_size"])
             target_acts.update({(c, layer): pooled[layer] for layer in layers})
     return estimators.Checkpoint(member, ckpt, feats.get("grads"), feats["x_xtx_inv"], feats["out_to_loss"], g,
-                                 lr_weight, acts, target_acts)
+                                 lr_weight, acts, target_acts, rows, final)
 
 
 def score(concepts: dict, layers, models: dict, features: dict, outputs: dict, cfg: dict, data_path=None) -> dict:
@@ -179,18 +206,25 @@ def score(concepts: dict, layers, models: dict, features: dict, outputs: dict, c
     estimator per job (rules ``score`` for TRAK, ``estimate`` for the others), so adding an
     estimator to the config runs its job alone.
 
-    ``concepts``: {concept: (probe set file, probes file)}; ``models``: {member: model
-    file}; ``features``: {(member, checkpoint): gathered features}; ``outputs``:
-    {estimator: {concept: {layer: (scores .h5, enrichment .json), "margin": scores .h5}},
-    "cost": .json}: the margin file holds the estimator's scores of the targets'
-    classification margins (the LDS stage's second readout; none where the probe set has no
-    classes); the cost file the CPU seconds each estimator took, and the shared work. Each
-    checkpoint is set up and its features read once for every estimator. ``data_path``: the
-    base file (the similarity baseline's training activations). Returns {estimator:
-    {concept: {layer: enrichment row}}}.
+    ``cfg["readout"]``: "probe" (the default) scores each concept probe at each layer;
+    "margin" scores the targets' classification margin instead (the LDS stage's second
+    readout, rule ``score_margin``: only a run that asks for the LDS pays for it).
+
+    ``concepts``: {concept: (probe set file, probes file or None)}; ``models``: {member:
+    model file}; ``features``: {(member, checkpoint): gathered features}; ``outputs``:
+    {estimator: {concept: {layer: (scores .h5, enrichment .json)}}, "cost": .json} for the
+    probe readout, {estimator: {concept: {"margin": scores .h5}}, "cost": .json} for the
+    margin (undefined where the probe set has no classes); the cost file holds the CPU
+    seconds each estimator took, and the shared work. Each checkpoint is set up and its
+    features read once for every estimator. ``data_path``: the base file (the similarity
+    baseline's training activations). Returns {estimator: {concept: {layer: enrichment
+    row}}} (empty for the margin).
     """
     tcfg = cfg["trak"]
     names = list(cfg.get("estimators", ["trak"]))
+    readout = cfg.get("readout", "probe")
+    if readout not in ("probe", "margin"):
+        raise ValueError(f"score: unknown readout {readout!r} (have probe, margin)")
     targets = {c: concept_targets(ps, c, tcfg, cfg["seed"]) for c, (ps, _) in concepts.items()}
     ests = {name: estimators.make(name, cfg["seed"], resolve_device(tcfg["device"])) for name in names}
     lr_weights = {}
@@ -199,8 +233,9 @@ def score(concepts: dict, layers, models: dict, features: dict, outputs: dict, c
         n_train = len(artifacts.features(next(iter(features.values())), arrays=("out_to_loss",))["out_to_loss"])
         lr_weights = estimators.lr_weights(tcfg["checkpoints"], t["epochs"], -(-n_train // t["batch_size"]), t["lr"])
     timer, hardness = Timer(), []
-    for (member, ckpt) in tqdm(sorted(features), desc=f"score {len(concepts)} concepts x {len(layers)} layers, "
-                                                     f"{len(names)} estimators"):
+    for (member, ckpt) in tqdm(sorted(features), desc=f"score {len(concepts)} concepts x "
+                                                     f"{len(layers) if readout == 'probe' else 1} {readout} "
+                                                     f"readouts, {len(names)} estimators"):
         ck = checkpoint_inputs(member, ckpt, models, features, concepts, targets, layers, names, cfg, data_path,
                                timer, lr_weights.get(ckpt, 1.0))
         hardness.append(ck.out_to_loss)
@@ -212,10 +247,12 @@ def score(concepts: dict, layers, models: dict, features: dict, outputs: dict, c
     for name, est in ests.items():
         for c, (probe_set_path, _) in concepts.items():
             tidx, nidx, _, classes = targets[c]
-            margin_scores = None if classes is None else est.scores((c, "margin"), len(tidx), len(hardness))[0]
-            artifacts.write_margin_scores(outputs[name][c]["margin"], cfg, c, None if margin_scores is None else
-                                          margin_scores.astype(np.float32), tidx, classes, len(features),
-                                          estimator=name)
+            if readout == "margin":
+                margin_scores = None if classes is None else est.scores((c, "margin"), len(tidx), len(hardness))[0]
+                artifacts.write_margin_scores(outputs[name][c]["margin"], cfg, c, None if margin_scores is None else
+                                              margin_scores.astype(np.float32), tidx, classes, len(features),
+                                              estimator=name)
+                continue
             truth = artifacts.concept_truth(probe_set_path)
             for layer in layers:
                 per_target, per_negative = est.scores((c, layer), len(tidx), len(hardness))
@@ -241,20 +278,20 @@ def score(concepts: dict, layers, models: dict, features: dict, outputs: dict, c
 
 
 def score_stage(job) -> None:
-    """One estimator (``params["estimators"]``: one name). ``input``: probe_sets and probes
-    {concept: file}, models {member: file}, features {member: {checkpoint: file}}, data (the
-    base file; the similarity baseline); ``output``: scores and enrichment {concept: {layer:
-    file}}, margin {concept: file}, cost."""
+    """One estimator (``params["estimators"]``: one name) on one readout (``params["readout"]``).
+    ``input``: probe_sets {concept: file}, probes {concept: file} (the probe readout), models
+    {member: file}, features {member: {checkpoint: file}}, data (the base file; the
+    similarity baseline); ``output``: scores and enrichment {concept: {layer: file}}, or
+    margin {concept: file}; and cost."""
     i, o = job.input, job.output
     models = {int(m): p for m, p in i["models"].items()}
     features = {(int(m), c): p for m, by_ckpt in i["features"].items() for c, p in by_ckpt.items()}
-    concepts = {c: (i["probe_sets"][c], i["probes"][c]) for c in i["probe_sets"]}
+    concepts = {c: (i["probe_sets"][c], i.get("probes", {}).get(c)) for c in i["probe_sets"]}
     layers = list(job.params["layers"])
-
-    def files(scores, enrich, margin):
-        return {c: {**{layer: (scores[c][layer], enrich[c][layer]) for layer in layers}, "margin": margin[c]}
-                for c in concepts}
-
     (name,) = job.params.get("estimators", ["trak"])
-    outputs = {name: files(o["scores"], o["enrichment"], o["margin"]), "cost": o["cost"]}
-    score(concepts, layers, models, features, outputs, job.params, data_path=i.get("data"))
+    if job.params.get("readout", "probe") == "margin":
+        files = {c: {"margin": o["margin"][c]} for c in concepts}
+    else:
+        files = {c: {layer: (o["scores"][c][layer], o["enrichment"][c][layer]) for layer in layers}
+                 for c in concepts}
+    score(concepts, layers, models, features, {name: files, "cost": o["cost"]}, job.params, data_path=i.get("data"))

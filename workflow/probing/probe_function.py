@@ -30,3 +30,12 @@ class ProbeOutput:
 
     def __call__(self, model, x: torch.Tensor) -> torch.Tensor:
         return self.pooled(model, x) @ self.weight + self.bias
+
+    def through_logits(self, model, x: torch.Tensor) -> torch.Tensor:
+        """The same values from one full forward pass, with the logits' zero contribution kept
+        in the graph: every layer then gets a gradient (zero past the probed layer), as
+        per-layer curvature hooks (EK-FAC's) need."""
+        out = model.layer_outputs(x, [self.layer, "logits"])
+        h = out[self.layer]
+        pooled = h.mean(dim=(2, 3)) if h.ndim == 4 else h
+        return pooled @ self.weight + self.bias + 0.0 * out["logits"].sum(-1)
