@@ -118,6 +118,8 @@ def plus(*dicts):
 
 TRAK = {"featurize": N * N_SHARDS, "gather_features": N, "score": 1, "trak_report": 1}
 EST = {"estimate": len(OTHER_ESTIMATORS)}      # one scoring job per other estimator
+# each LDS estimator's scores of the targets' margin: models, features and targets, not probes
+MARGIN = {"score_margin": len(TINY["lds"]["estimators"])}
 SCORED = 3            # the top-k, bottom-k and matched sets
 # the LDS stage (tiny.yaml: fractions x subsets twins of member 0): one job per concept, and its twins
 N_LDS_F = len(TINY["lds"]["fractions"])
@@ -132,12 +134,13 @@ EDITS = {
              retrain(SCORED), {"probes": -SCORED * C, "summarize": -SCORED}, REPORT, VALIDATE, LDS)),
     "training edit: every condition and TRAK, not data or the random/oracle sets": (
         ("train", "epochs", 3),
-        plus(retrain(N_COND), TRAK, EST, {"ablate": SCORED}, REPORT, VALIDATE, LDS_RETRAIN)),
+        plus(retrain(N_COND), TRAK, EST, MARGIN, {"ablate": SCORED}, REPORT, VALIDATE, LDS_RETRAIN)),
     "TRAK target edit: scoring and the top-k, bottom-k and matched conditions": (
         ("trak", "max_targets", 5),
-        plus({"score": 1, "trak_report": 1, "ablate": SCORED}, EST, retrain(SCORED), REPORT, VALIDATE, LDS)),
+        plus({"score": 1, "trak_report": 1, "ablate": SCORED}, EST, MARGIN, retrain(SCORED), REPORT, VALIDATE, LDS)),
     "projector edit: features, scores and the top-k, bottom-k and matched conditions": (
-        ("trak", "layer_dim", 4096), plus(TRAK, EST, {"ablate": SCORED}, retrain(SCORED), REPORT, VALIDATE, LDS)),
+        ("trak", "layer_dim", 4096), plus(TRAK, EST, MARGIN, {"ablate": SCORED}, retrain(SCORED), REPORT, VALIDATE,
+                                          LDS)),
     "ablation size: the top-k, bottom-k, random and matched conditions, not the oracle": (
         ("ablation", "fractions", [0.1]), plus({"ablate": SCORED + 1}, retrain(SCORED + 1), REPORT, VALIDATE)),
     "an estimator dropped from the scorecard: the report only (TRAK and the others are their own jobs)": (
