@@ -159,6 +159,8 @@ def train_params(w):
     params = {"seed": config["seed"], "model": config["model"], "train": train}
     if w.condition != "base":
         params["spawn_epoch"] = spawn_epoch(w.condition)
+        if config["ablation"]["retrain"] != "skip":          # skip twins keep their params (and files)
+            params["retrain"] = config["ablation"]["retrain"]
     return params
 
 

@@ -6,6 +6,14 @@ images) and each image's augmentation (shift and flip). A retrained twin of an a
 condition replays exactly that stream with its removed images skipped: the same
 initialisation, the same relative order of the images that remain, the same view of
 every remaining image. Removing nothing reproduces the base run bit for bit.
+
+Masked retraining (``ablation.retrain: masked``) keeps every image in its slot instead: the
+batches are the base run's, and a removed image's loss is weighted 0 (``example_weights``;
+the batch loss is then sum_i w_i l_i / B over the B images of the batch, removed ones
+included, which equals the mean loss where every w_i is 1). BatchNorm's batch statistics
+still include the removed images: they are inputs of the forward pass, not training
+signal. That is the counterfactual a metagradient (``attribution.metagradient``) predicts:
+training as a function of per-image loss weights, with everything else fixed.
 """
 from __future__ import annotations
 
@@ -62,6 +70,26 @@ def random_resized(x: torch.Tensor, draws: torch.Tensor, size: int, scale) -> to
     x0, y0 = d[2] * (side - w), d[3] * (side - h)
     boxes = torch.stack([torch.arange(n, device=x.device, dtype=torch.float32), x0, y0, x0 + w, y0 + h], 1)
     return roi_align(x, boxes, output_size=(size, size), spatial_scale=1.0, sampling_ratio=2, aligned=True)
+
+
+def batch_view(x: torch.Tensor, base_idx, draws, tcfg: dict, size: int) -> torch.Tensor:
+    """The augmented view of a batch of base images ``base_idx`` ([B, 3, S, S] floats in [0, 1],
+    ``to_input``'s output) under one epoch's ``draws`` = (ox, oy, flip, crop boxes or None):
+    the same view in training and in a replay of it (``attribution.metagradient``)."""
+    ox, oy, flip, boxes = draws
+    flips = flip[base_idx] if tcfg["augment_flip"] else None
+    if boxes is not None:
+        return augment(random_resized(x, boxes[:, base_idx], size, tcfg["crop_scale"]), ox[base_idx], oy[base_idx],
+                       flips, 0)
+    return augment(centre_crop(x, size), ox[base_idx], oy[base_idx], flips, tcfg["augment_shift"])   # centre view
+
+
+def weighted_loss(logits, y, weights, smoothing: float) -> torch.Tensor:
+    """sum_i w_i l_i / B: the batch loss with per-example weights (``weights`` None: the mean)."""
+    if weights is None:
+        return F.cross_entropy(logits, y, label_smoothing=smoothing)
+    per_example = F.cross_entropy(logits, y, label_smoothing=smoothing, reduction="none")
+    return (per_example * weights.to(per_example.dtype)).sum() / len(y)
 
 
 def kept_order(order: torch.Tensor, kept: np.ndarray) -> torch.Tensor:
@@ -132,7 +160,8 @@ def spawn_schedule(epochs: int, spawn_epoch: int, steps_base: int, steps_twin: i
     return spawn_epoch * steps_base + (epochs - spawn_epoch) * steps_twin, spawn_epoch * steps_base
 
 
-def train_member(data_path, out_path, member: int, cfg: dict, train_indices=None, spawn=None, mem_mb=None) -> dict:
+def train_member(data_path, out_path, member: int, cfg: dict, train_indices=None, spawn=None, mem_mb=None,
+                 example_weights=None) -> dict:
     """Train ensemble member ``member`` with the recipe ``cfg`` (keys: seed, model, train).
 
     ``train_indices`` (sorted base indices) restricts training to a subset of the train
@@ -142,7 +171,10 @@ def train_member(data_path, out_path, member: int, cfg: dict, train_indices=None
     draws of epochs 1..E are replayed so epochs E+1.. see the base run's stream.
     ``mem_mb``: the job's memory; the kept images are held on the GPU when they fit half
     its free memory, else in RAM when they fit a quarter of ``mem_mb``
-    (``loader.ImageSource``), else read batch by batch. On CUDA, batches not gathered on
+    (``loader.ImageSource``), else read batch by batch. ``example_weights`` [n_base] (masked
+    retraining; exclusive with ``train_indices``): every image keeps its slot and its loss
+    is weighted (0 removes it); a batch whose weights are all 1 takes the plain mean loss,
+    so weights of 1 reproduce the base run bit for bit. On CUDA, batches not gathered on
     the device are pinned and copied asynchronously, then converted and augmented on the device, with cuDNN
     autotuning, under bf16 autocast when ``train.precision`` is bf16. The model and its
     batches are channels_last on CUDA when ``train.memory_format`` is auto or
@@ -159,6 +191,13 @@ def train_member(data_path, out_path, member: int, cfg: dict, train_indices=None
         raise ValueError(f"train_indices must be sorted, unique base indices in 0..{n_base - 1}")
     kept = np.zeros(n_base, bool)
     kept[keep] = True
+    weights = None
+    if example_weights is not None:
+        if train_indices is not None:
+            raise ValueError("train_member: give train_indices or example_weights, not both")
+        weights = torch.as_tensor(np.asarray(example_weights, np.float64), dtype=torch.float32)
+        if weights.shape != (n_base,):
+            raise ValueError(f"example_weights must have one weight per base image ({n_base})")
     train_src = ImageSource(data_path, "train", keep, mem_mb, device=device)
     test_src = ImageSource(data_path, "test", None, mem_mb)
     cuda = device.type == "cuda"
@@ -181,7 +220,7 @@ def train_member(data_path, out_path, member: int, cfg: dict, train_indices=None
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=tcfg["lr"], total_steps=total_steps,
                                                 pct_start=warmup_fraction(total_steps), anneal_strategy="linear")
     gen = torch.Generator().manual_seed(seed)
-    shift, flips = tcfg["augment_shift"], tcfg["augment_flip"]
+    shift = tcfg["augment_shift"]
     crops, size = tcfg["crop"] == "random_resized", info["image_size"]
     if spawn is not None:
         resume(model, opt, sched, spawn[0], start, done_steps, device)
@@ -213,18 +252,13 @@ def train_member(data_path, out_path, member: int, cfg: dict, train_indices=None
         boxes = crop_draws(gen, n_base) if crops else None
         order = kept_order(order, kept)
         for base_idx, x, y in (batches(order) if train_src.on_device else prefetch(batches(order))):
-            x = to_input(x.to(device, non_blocking=True))
-            if crops:
-                x = augment(random_resized(x, boxes[:, base_idx], size, tcfg["crop_scale"]), ox[base_idx],
-                            oy[base_idx], flip[base_idx] if flips else None, 0)
-            else:   # the centre view of images stored larger, shifted
-                x = augment(centre_crop(x, size), ox[base_idx], oy[base_idx], flip[base_idx] if flips else None,
-                            shift)
+            x = batch_view(to_input(x.to(device, non_blocking=True)), base_idx, (ox, oy, flip, boxes), tcfg, size)
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             y = y.to(device, non_blocking=True)
+            w = None if weights is None or bool((weights[base_idx] == 1).all()) else weights[base_idx].to(device)
             with autocast:
-                loss = F.cross_entropy(model(x), y, label_smoothing=smoothing)
+                loss = weighted_loss(model(x), y, w, smoothing)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -240,7 +274,8 @@ def train_member(data_path, out_path, member: int, cfg: dict, train_indices=None
     pred, y_test = predictions(model, test_src, device, bs)   # eval batches as large as training ones
     test_correct = pred == y_test
     metrics = {"test_acc": float(test_correct.mean()) if len(y_test) else 0.0,
-               "final_loss": total, "n_train": int(len(train_src)), "seed": int(seed)}
+               "final_loss": total, "n_train": int(len(train_src) if weights is None else (weights != 0).sum()),
+               "seed": int(seed)}
     train_src.close()
     test_src.close()
     log.info("member %d: test acc %.4f", member, metrics["test_acc"])
@@ -266,5 +301,9 @@ def train_stage(job) -> None:
     """Base members train on the whole train split; an ablated condition's on its kept images."""
     keep = artifacts.ablation(job.input["ablation"])["keep"] if "ablation" in job.input else None
     spawn = (job.input["spawn"], job.params["spawn_epoch"]) if "spawn" in job.input else None
+    weights = None
+    if keep is not None and job.params.get("retrain", "skip") == "masked":   # removed images keep their slots
+        weights = np.zeros(artifacts.base_info(job.input["data"])["n_train"])
+        weights[keep], keep = 1.0, None
     train_member(job.input["data"], job.output["model"], int(job.wildcards["member"]), job.params,
-                 train_indices=keep, spawn=spawn, mem_mb=job.mem_mb)
+                 train_indices=keep, spawn=spawn, mem_mb=job.mem_mb, example_weights=weights)
