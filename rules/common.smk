@@ -151,12 +151,17 @@ def spawn_epoch(condition):
     return lds_spawn_epoch(config) if condition in LDS_SUBSETS else config["ablation"]["spawn_epoch"]
 
 
-def train_params(w):
-    """The recipe; an ablated twin also gets the spawn epoch (base runs do not depend on it)."""
+def recipe():
+    """config["train"] less the keys the recipe does not use."""
     train = dict(config["train"])
     if train["crop"] == "shift":
         del train["crop_scale"]                      # unused: editing it retrains nothing
-    params = {"seed": config["seed"], "model": config["model"], "train": train}
+    return train
+
+
+def train_params(w):
+    """The recipe; an ablated twin also gets the spawn epoch (base runs do not depend on it)."""
+    params = {"seed": config["seed"], "model": config["model"], "train": recipe()}
     if w.condition != "base":
         params["spawn_epoch"] = spawn_epoch(w.condition)
         if config["ablation"]["retrain"] != "skip":          # skip twins keep their params (and files)
@@ -191,6 +196,10 @@ def score_params(estimator):
         out["estimators"] = [estimator]
     if estimator == "tracin":
         out["train"] = {k: config["train"][k] for k in ("epochs", "batch_size", "lr")}
+    if estimator == "metagradient":                  # it replays the base run: the whole recipe
+        out.update(model=config["model"], train=recipe(),
+                   metagradient={"spawn_epoch": config["ablation"]["spawn_epoch"],
+                                 "layers": config["ablation"]["layers"]})
     return out
 
 

@@ -151,8 +151,11 @@ EDITS = {
     "interval level: validate, LDS, compare and report only": (("compare", "confidence", 0.9),
                                                                plus(REPORT, VALIDATE, LDS)),
     "thread count: nothing": (("threads", "probes", 2), {}),
-    "spawn epoch: the retrained twins, not the base run": (
-        ("ablation", "spawn_epoch", 1), plus(retrain(N_COND - 1), REPORT, VALIDATE, LDS_RETRAIN)),
+    "spawn epoch: the retrained twins and the metagradient (it replays from there), not the base run": (
+        ("ablation", "spawn_epoch", 1), plus(retrain(N_COND - 1), {"estimate": 1, "score_margin": 1}, REPORT,
+                                             VALIDATE, LDS_RETRAIN)),
+    "retraining mode: every twin, not the base run or any scoring": (
+        ("ablation", "retrain", "masked"), plus(retrain(N_COND - 1), REPORT, VALIDATE, LDS_RETRAIN)),
     "LDS subsets: the new subsets' twins and the LDS stage, nothing else": (
         ("lds", "subsets", TINY["lds"]["subsets"] + 1),
         {"ablate": N_LDS_F, "train": N_LDS_F, "activations": N_LDS_F, "lds": C, "report_html": 1, "all": 1}),

@@ -403,15 +403,29 @@ def write_scores(path, cfg: dict, concept: str, layer: str, per_target, target_i
         f.create_dataset("target_indices", data=np.asarray(target_indices, np.int64))
 
 
+def write_unscored(path, cfg: dict, concept: str, layer: str, reason: str, estimator: str) -> None:
+    """The scores file of a (concept, layer) an estimator does not score (the metagradient
+    scores chosen layers only): no scores, and why; reading its scores raises."""
+    with atomic.h5(path, cfg, concept=concept, layer=layer, estimator=estimator, scored=False, reason=reason):
+        pass
+
+
+def _scored(f, path) -> None:
+    if not f.attrs.get("scored", True):
+        raise ValueError(f"{path}: no scores here: {f.attrs['reason']}")
+
+
 def concept_scores(path) -> np.ndarray:
     """One score per training image (mean over the concept's targets)."""
     with reading(path) as f:
+        _scored(f, path)
         return f["concept_score"][()]
 
 
 def negative_scores(path):
     """(per_negative [Tn, n], negative_indices [Tn]) scored with the targets, or (None, None)."""
     with reading(path) as f:
+        _scored(f, path)
         if "per_negative" not in f:
             return None, None
         return f["per_negative"][()], f["negative_indices"][()]
@@ -440,6 +454,7 @@ def margin_scores(path):
 def per_target_scores(path):
     """(per_target [T, n], target_indices [T]): each target's score of every training image."""
     with reading(path) as f:
+        _scored(f, path)
         return f["per_target"][()], f["target_indices"][()]
 
 

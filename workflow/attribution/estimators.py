@@ -18,7 +18,9 @@ What the score stage hands each estimator, per checkpoint m (``Checkpoint``):
 - ``acts``/``target_acts``: pooled activations of the training images and of the targets at
   each probed layer (final checkpoints only: the similarity baseline);
 - ``final``: the member's final model, the readouts as functions and the training data
-  (final checkpoints only: EK-FAC, which computes its own gradients and curvature).
+  (final checkpoints only: EK-FAC, which computes its own gradients and curvature);
+- ``replay``: the member's base model file, the training data and recipe, and the readouts
+  as functions (final checkpoints only: the metagradient, which replays the training run).
 
 Formulas (means over models m; c = the probe target; i = a training image):
 
@@ -31,6 +33,12 @@ Formulas (means over models m; c = the probe target; i = a training image):
 - ``ekfac``: -mean_m g_m(c)^T (G_m + lam I)^-1 grad L_m(i) on each member's final model,
   with G_m the EK-FAC approximation of the Fisher of its Linear and Conv2d weights, from
   kronfluence (``ekfac.py``): unprojected gradients;
+- ``metagradient``: mean_m dR_m/dw_i, the exact derivative of the readout R (the probe's
+  mean output on the targets; on the negatives for their row) with respect to image i's
+  loss weight, through member m's replayed training from ``ablation.spawn_epoch`` to the
+  end (``metagradient.py``): the aggregate readouts only, so every target's row is the
+  same (as every negative's). Scored at each concept's location layer and the layers
+  ``ablation.layers`` names; its files at other layers say they are unscored;
 - ``similarity``: cos(a(i), mean of the targets' a) at the probed layer (a: pooled
   activations of the final model), mean over members; the negatives' row uses the
   negatives' mean;
@@ -93,12 +101,15 @@ class Checkpoint:
 
     def __init__(self, member: int, ckpt: str, x, x_inv, out_to_loss, g: dict, lr_weight: float = 1.0,
                  acts: dict | None = None, target_acts: dict | None = None, rows: dict | None = None,
-                 final: dict | None = None):
+                 final: dict | None = None, replay: dict | None = None):
         self.member, self.ckpt = member, ckpt
         # the member's final model, its readouts and the training data (final checkpoints only,
         # where an estimator reads the model itself): {"model", "readouts", "train", "size",
         # "batch_size", "device"}
         self.final = final
+        # the member's training run to replay (final checkpoints only, where an estimator
+        # differentiates through it): {"model_path", "data_path", "cfg", "start", "readouts", "device"}
+        self.replay = replay
         self.x, self.x_inv, self.out_to_loss, self.g = x, x_inv, np.asarray(out_to_loss, np.float64), g
         self.lr_weight, self.acts, self.target_acts = lr_weight, acts, target_acts
         # {target set: rows}; given where no estimator needs the gradients (then ``g`` is empty)
@@ -256,6 +267,24 @@ class Ekfac(MeanOverMembers):
             self._sum(key, s.T)
 
 
+class Metagradient(MeanOverMembers):
+    """The readouts' exact derivatives through each member's replayed training: ``metagradient``."""
+    name, uses = "metagradient", "replay"
+    formula = "mean_members dR_m/dw_i through member m's replayed training from ablation.spawn_epoch (masked)"
+
+    def _add(self, ck):
+        if ck.replay is None:        # the run is replayed once per member, with its last checkpoint
+            return
+        from .metagradient import member_scores
+
+        r = ck.replay
+        readouts = {(key, side): fn for key, sides in r["readouts"].items() for side, (fn, _) in sides.items()}
+        got = member_scores(r["model_path"], r["data_path"], r["cfg"], ck.member, r["start"], readouts, r["device"])
+        for key, sides in r["readouts"].items():
+            rows = [np.repeat(got[(key, side)][:, None], count, 1) for side, (_, count) in sides.items()]
+            self._sum(key, np.concatenate(rows, 1))
+
+
 class Hardest(Estimator):
     name, uses = "hardest", "out_to_loss"
     formula = "mean_m (1 - p_m(y_i)), the same for every target"
@@ -290,7 +319,8 @@ class Random(Estimator):
         return seeded_rng(self.seed, "estimator", "random", *map(str, key)).standard_normal((self.rows[key], n_train))
 
 
-REGISTRY = {cls.name: cls for cls in (Trak, GradDot, GradCos, TracIn, Ekfac, Similarity, Hardest, Random)}
+REGISTRY = {cls.name: cls for cls in (Trak, GradDot, GradCos, TracIn, Ekfac, Metagradient, Similarity, Hardest,
+                                       Random)}
 NAMES = tuple(REGISTRY)
 DEFAULT = "trak"
 

@@ -30,6 +30,7 @@ from ..model import checkpoints
 from ..model.resnet import to_input
 from ..probing.activations import pooled_activations
 from ..probing.probe_function import ProbeOutput
+from ..probing.summary import location_index
 from ..runtime import resolve_device
 from ..seeding import rng as seeded_rng
 from . import estimators
@@ -187,6 +188,9 @@ def checkpoint_inputs(member, ckpt, models, features, concepts, targets, layers,
         final = {"model": final_model, "readouts": readouts, "train": BlockDataset(data_path),
                  "size": artifacts.base_info(data_path)["image_size"], "batch_size": tcfg["batch_size"],
                  "device": next(model.parameters()).device}
+    replay = None
+    if estimators.needs(names, "replay") and last:
+        replay = replay_inputs(member, models, concepts, targets, rows, cfg, data_path, next(model.parameters()).device)
     acts = target_acts = None
     if readout == "probe" and "similarity" in names and last:
         final = checkpoints.load(models[member], "final", next(model.parameters()).device)
@@ -197,7 +201,48 @@ def checkpoint_inputs(member, ckpt, models, features, concepts, targets, layers,
                            next(final.parameters()).device, tcfg["batch_size"])
             target_acts.update({(c, layer): pooled[layer] for layer in layers})
     return estimators.Checkpoint(member, ckpt, feats.get("grads"), feats["x_xtx_inv"], feats["out_to_loss"], g,
-                                 lr_weight, acts, target_acts, rows, final)
+                                 lr_weight, acts, target_acts, rows, final, replay)
+
+
+def replayed_layers(concepts: dict, layers, cfg: dict) -> dict:
+    """{concept: the layers a replaying estimator (the metagradient) scores}: the concept's
+    location in the base ensemble and the layers ``ablation.layers`` names, of ``layers``."""
+    named = [layer for layer in cfg["metagradient"]["layers"] if layer != "location"]
+    out = {}
+    for c, (_, probes_path) in concepts.items():
+        table = artifacts.probes_table(probes_path)
+        wanted = {table["layers"][location_index(table["heldout_bal_acc"])], *named}
+        out[c] = [layer for layer in layers if layer in wanted]
+    return out
+
+
+def replay_inputs(member, models, concepts, targets, rows, cfg, data_path, device) -> dict:
+    """What a replaying estimator needs of member ``member``: its base model file, the data and
+    recipe, and for each target set it scores one scalar readout per side, {"targets": (fn,
+    rows), "negatives": (fn, rows)}: the mean probe output on the targets and on the
+    negatives (the mean margin of the targets for the margin readout)."""
+    m = cfg["metagradient"]
+    scored = replayed_layers(concepts, [layer for _, layer in rows if layer != "margin"], cfg) \
+        if any(layer != "margin" for _, layer in rows) else {}
+    readouts = {}
+    for c, layer in rows:
+        tidx, _, images, classes = targets[c]
+        n_t = len(tidx)
+        if layer == "margin":
+            x, y = to_input(images[:n_t]).to(device), torch.as_tensor(np.asarray(classes, np.int64)).to(device)
+            readouts[(c, layer)] = {"targets": (lambda model, x=x, y=y: margin(model(x), y).mean(), n_t)}
+            continue
+        if layer not in scored[c]:
+            continue
+        probe = ProbeOutput(artifacts.probe(concepts[c][1], member, layer), layer, device=device)
+        x = to_input(images).to(device)
+        sides = {"targets": (lambda model, x=x[:n_t], p=probe: p(model, x).mean(), n_t)}
+        if len(images) > n_t:
+            sides["negatives"] = (lambda model, x=x[n_t:], p=probe: p(model, x).mean(), len(images) - n_t)
+        readouts[(c, layer)] = sides
+    return {"model_path": models[member], "data_path": data_path, "start": int(m["spawn_epoch"]),
+            "cfg": {"seed": cfg["seed"], "model": cfg["model"], "train": cfg["train"]}, "readouts": readouts,
+            "device": device}
 
 
 def score(concepts: dict, layers, models: dict, features: dict, outputs: dict, cfg: dict, data_path=None) -> dict:
@@ -256,13 +301,19 @@ def score(concepts: dict, layers, models: dict, features: dict, outputs: dict, c
             truth = artifacts.concept_truth(probe_set_path)
             for layer in layers:
                 per_target, per_negative = est.scores((c, layer), len(tidx), len(hardness))
-                per_target = per_target.astype(np.float32)
                 result = {"concept": c, "layer": layer, "estimator": name, "n_targets": int(len(tidx)),
                           "n_models": len(features)}
+                out_path, json_path = outputs[name][c][layer]
+                if per_target is None:       # a replaying estimator scores chosen layers only
+                    reason = (f"{name} scores each concept's location layer and the layers ablation.layers names; "
+                              f"{layer} is not among them for {c}")
+                    artifacts.write_unscored(out_path, cfg, c, layer, reason, estimator=name)
+                    artifacts.write_json(json_path, {**result, "scored": False, "reason": reason})
+                    continue
+                per_target = per_target.astype(np.float32)
                 if truth is not None:
                     result.update(enrichment(per_target.mean(0), truth, tcfg["top_fraction"], cfg["seed"],
                                              hardness=hardness))
-                out_path, json_path = outputs[name][c][layer]
                 artifacts.write_scores(out_path, cfg, c, layer, per_target, tidx, len(features),
                                        per_negative=None if per_negative is None else per_negative.astype(np.float32),
                                        negative_indices=None if per_negative is None else nidx, estimator=name)
