@@ -540,13 +540,19 @@ def test_every_estimator_scores_and_the_scorecard_reports_them(tiny_run):
         cost = json.loads((res / "base" / "attribution" / est / "cost.json").read_text())
         assert set(cost["estimators"]) == {est} and cost["estimators"][est] >= 0
         for concept in CONCEPTS:
+            loc = artifacts.summary(res / "base" / "summary.json")[concept]["location"]
             for layer in LAYERS:
                 path = res / "base" / "attribution" / est / concept / f"{layer}.h5"
+                e = json.loads(path.with_suffix(".json").read_text())
+                if not e.get("scored", True):      # the metagradient scores the location (and ablation.layers)
+                    assert est == "metagradient" and layer != loc and "location" in e["reason"]
+                    with pytest.raises(ValueError, match="no scores here"):
+                        artifacts.per_target_scores(path)
+                    continue
                 per_target, targets = artifacts.per_target_scores(path)
                 trak_targets = artifacts.per_target_scores(res / "base" / "trak" / "scores" / concept / f"{layer}.h5")[1]
                 assert per_target.shape == (len(targets), n_train) and np.array_equal(targets, trak_targets)
                 assert np.isfinite(per_target).all()
-                e = json.loads(path.with_suffix(".json").read_text())
                 assert e["estimator"] == est and e["enrichment"] >= 0
     card = (res / "report" / "scorecard.txt").read_text()
     for est in TINY["attribution"]["estimators"]:
@@ -598,3 +604,33 @@ def test_validate_pairs_each_estimators_top_k_with_its_own_controls():
     assert got["top~grad_cos-hilo - matched~grad_cos-hilo"]["control_kind"] == "matched"
 
 
+
+
+def test_the_metagradients_top_k_is_retrained_masked_and_judged(tiny_run, tmp_path):
+    """The metagradient end to end beside TRAK: with ablation.retrain masked, its top-k,
+    bottom-k and matched sets are removed and every twin retrained masked (the
+    counterfactual it predicts; zero removal would be the base run bit for bit), and
+    validate gives it a three-way verdict of its own with its matched control."""
+    import json
+    import shutil
+
+    from workflow import artifacts
+
+    wd = tmp_path / "copy"
+    shutil.copytree(tiny_run, wd, symlinks=True)
+    cfg = yaml.safe_load(yaml.safe_dump(TINY))
+    cfg["ablation"].update(estimators=["trak", "metagradient"], retrain="masked")
+    write_config(wd, cfg)
+    run_snakemake(wd, "--cores", "2", "results/tiny/validate/hilo.json")
+    res = wd / "results" / "tiny"
+    top = artifacts.ablation(res / "ablation" / "top~metagradient-hilo.h5")
+    assert "metagradient concept scores" in top["reason"]
+    log = (wd / "logs" / "tiny" / "top~metagradient-hilo" / "train" / "m0.log").read_text()
+    assert f"{TINY['dataset']['synthetic']['n_train']} train images" in log      # masked: every slot kept
+    result = json.loads((res / "validate" / "hilo.json").read_text())
+    v = result["verdicts"]["metagradient"]
+    assert v["condition"] == "top~metagradient-hilo"
+    assert v["outcome"] in ("supported", "no effect", "inconclusive")
+    assert "matched" in v["by"]
+    contrasts = result["layers"][result["location"]]["contrasts"]
+    assert "top~metagradient-hilo - matched~metagradient-hilo" in contrasts
