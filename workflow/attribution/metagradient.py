@@ -291,8 +291,9 @@ def metagradients(net: Network, recipe: Recipe, state: State, readouts: dict, pr
     adjoint, values = {}, {}
     for key, r in readouts.items():
         leaves = final.like([v.detach().requires_grad_(True) for v in final.tensors()])
-        value = readout_value(net, leaves, r)
-        grads = torch.autograd.grad(value, leaves.tensors(), allow_unused=True)
+        with differentiating():
+            value = readout_value(net, leaves, r)
+            grads = torch.autograd.grad(value, leaves.tensors(), allow_unused=True)
         adjoint[key] = [torch.zeros_like(v) if g is None else g for v, g in zip(leaves.tensors(), grads)]
         values[key] = float(value.detach())
     out = {key: np.zeros(recipe.n, np.float64) for key in readouts}
@@ -301,18 +302,29 @@ def metagradients(net: Network, recipe: Recipe, state: State, readouts: dict, pr
         for t, idx, x, y in batches[:-1]:          # the epoch's states, recomputed from its start
             states.append(run_step(net, recipe, states[-1], t, idx, x, y, ones, False)[0])
         for (t, idx, x, y), s in zip(reversed(batches), reversed(states)):
-            new, inputs, w = run_step(net, recipe, s, t, idx, x, y, ones, True)
+            with differentiating():
+                new, inputs, w = run_step(net, recipe, s, t, idx, x, y, ones, True)
             outputs = new.tensors()
             keys = list(readouts)
             for i, key in enumerate(keys):
-                grads = torch.autograd.grad(outputs, [*inputs.tensors(), w], grad_outputs=adjoint[key],
-                                            retain_graph=i < len(keys) - 1, allow_unused=True)
+                with differentiating():
+                    grads = torch.autograd.grad(outputs, [*inputs.tensors(), w], grad_outputs=adjoint[key],
+                                                retain_graph=i < len(keys) - 1, allow_unused=True)
                 adjoint[key] = [torch.zeros_like(v) if g is None else g
                                 for v, g in zip(inputs.tensors(), grads[:-1])]
                 out[key][idx.numpy()] += grads[-1].detach().double().cpu().numpy()
         if progress is not None:
             progress(e)
     return out, values
+
+
+def differentiating():
+    """The context of every backward the metagradient builds or runs: PyTorch's native CPU
+    convolutions instead of oneDNN's. Under oneDNN's AVX2 kernels (CPUs without AVX-512)
+    these backward passes corrupted the heap and killed the job (double free, SIGSEGV);
+    the replayed forward steps keep the training stage's kernels, so the trajectory the
+    derivative is taken along is the training run's, bit for bit."""
+    return torch.backends.mkldnn.flags(enabled=False)
 
 
 def run_step(net, recipe, state: State, t, idx, x, y, weights, create_graph: bool):
