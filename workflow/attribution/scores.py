@@ -30,7 +30,7 @@ from ..model import checkpoints
 from ..model.resnet import to_input
 from ..probing.activations import pooled_activations
 from ..probing.probe_function import ProbeOutput
-from ..probing.summary import location_index
+from ..probing.summary import location as concept_location
 from ..runtime import resolve_device
 from ..seeding import rng as seeded_rng
 from . import estimators
@@ -210,8 +210,7 @@ def replayed_layers(concepts: dict, layers, cfg: dict) -> dict:
     named = [layer for layer in cfg["metagradient"]["layers"] if layer != "location"]
     out = {}
     for c, (_, probes_path) in concepts.items():
-        table = artifacts.probes_table(probes_path)
-        wanted = {table["layers"][location_index(table["heldout_bal_acc"])], *named}
+        wanted = {concept_location(probes_path), *named}
         out[c] = [layer for layer in layers if layer in wanted]
     return out
 
