@@ -115,7 +115,8 @@ def train_floor(threads: int, device: str, n: int, batch: int = 32) -> float:
     import torch.nn.functional as F
 
     from workflow.model.layout import use_channels_last
-    from workflow.model.resnet import build, to_input
+    from workflow.model.resnet import to_input
+    from workflow.model.zoo import build
 
     torch.set_num_threads(threads)
     dev = torch.device(device)

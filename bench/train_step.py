@@ -27,7 +27,8 @@ import time
 import torch
 import torch.nn.functional as F
 
-from workflow.model.resnet import build, to_input
+from workflow.model.resnet import to_input
+from workflow.model.zoo import build
 from workflow.model.train import augment, random_resized
 
 

@@ -33,7 +33,7 @@ LAYERS = config["layers"]
 wildcard_constraints:
     ckpt=r"final|epoch_\d{4}",
     shard=r"\d+",
-    layer="|".join(LAYERS),
+    layer="|".join(map(re.escape, LAYERS)),
     concept="|".join(CONCEPTS),
     member=r"\d+",
     condition="|".join(map(re.escape, [*CONDITIONS, *LDS_SUBSETS])),
@@ -152,16 +152,44 @@ def spawn_epoch(condition):
 
 
 def recipe():
-    """config["train"] less the keys the recipe does not use."""
+    """config["train"] less the keys the recipe does not use (editing them retrains nothing);
+    the optimizer and schedule keys only when not the default sgd / onecycle, so results
+    made before they existed stay valid."""
     train = dict(config["train"])
     if train["crop"] == "shift":
-        del train["crop_scale"]                      # unused: editing it retrains nothing
+        del train["crop_scale"]
+    if train["optimizer"] == "sgd":
+        del train["optimizer"]
+    else:
+        del train["momentum"]                        # adamw has no momentum knob
+    if train["schedule"] == "onecycle":
+        del train["schedule"], train["warmup"]
     return train
+
+
+ZOO = config["model"]["arch"] != "resnet18"
+
+
+def model_slice():
+    """config["model"] less what does not change the model: width for a zoo model, and the
+    optional keys at their defaults (a resnet18 run's slice is the one it always was)."""
+    m = dict(config["model"])
+    if ZOO:
+        del m["width"]
+    for key, default in (("kwargs", {}), ("weights", None), ("keep_dropout", False)):
+        if m[key] == default:
+            del m[key]
+    return m
+
+
+def pooling():
+    """activations.token_pool where it can matter (zoo models; resnet18 has no token sequences)."""
+    return {"token_pool": config["activations"]["token_pool"]} if ZOO else {}
 
 
 def train_params(w):
     """The recipe; an ablated twin also gets the spawn epoch (base runs do not depend on it)."""
-    params = {"seed": config["seed"], "model": config["model"], "train": recipe()}
+    params = {"seed": config["seed"], "model": model_slice(), "train": recipe()}
     if w.condition != "base":
         params["spawn_epoch"] = spawn_epoch(w.condition)
         if config["ablation"]["retrain"] != "skip":          # skip twins keep their params (and files)
@@ -170,7 +198,8 @@ def train_params(w):
 
 
 def activation_params():
-    return {"layers": config["layers"], "activations": config["activations"]}
+    acts = {k: v for k, v in config["activations"].items() if k != "token_pool"}
+    return {"layers": config["layers"], "activations": acts, **pooling()}
 
 
 def probe_params():
@@ -191,13 +220,14 @@ def score_params(estimator):
     """The config slice of one estimator's scoring job: TRAK's as it always was; another
     estimator adds its name (and, for TracIn, the recipe's schedule: its step weights)."""
     out = {**trak_params(*FEATURIZE_KEYS, "lambda_reg", "max_targets", "top_fraction"),
-           "members": MEMBERS, "layers": LAYERS}
+           "members": MEMBERS, "layers": LAYERS, **pooling()}
     if estimator != "trak":
         out["estimators"] = [estimator]
     if estimator == "tracin":
-        out["train"] = {k: config["train"][k] for k in ("epochs", "batch_size", "lr")}
+        out["train"] = {k: v for k, v in recipe().items() if k in ("epochs", "batch_size", "lr", "optimizer",
+                                                                   "schedule", "warmup")}
     if estimator == "metagradient":                  # it replays the base run: the whole recipe
-        out.update(model=config["model"], train=recipe(),
+        out.update(model=model_slice(), train=recipe(),
                    metagradient={"spawn_epoch": config["ablation"]["spawn_epoch"],
                                  "layers": config["ablation"]["layers"]})
     return out
@@ -229,6 +259,8 @@ def rule_resources(family, device=None):
 
 def train_inputs(w):
     files = {"data": BASE}
+    if config["model"]["weights"]:
+        files["weights"] = config["model"]["weights"]
     if w.condition != "base":
         files["ablation"] = f"{RESULTS}/ablation/{w.condition}.h5"
         if spawn_epoch(w.condition):

@@ -146,7 +146,18 @@ def test_tracin_step_weights_replay_the_one_cycle_schedule():
     initial, final = lr / 25, lr / 25 / 1e4
     rates = [initial + (lr - initial) * s / up if s <= up else lr + (final - lr) * (s - up) / (total - 1 - up)
              for s in range(total)]
-    w = estimators.lr_weights(["epoch_0002", "final"], 4, 10, lr)
+    w = estimators.lr_weights(["epoch_0002", "final"], 4, 10, {"lr": lr})
+    np.testing.assert_allclose(w["epoch_0002"], sum(rates[:20]), rtol=1e-6)
+    np.testing.assert_allclose(w["final"], sum(rates[20:]), rtol=1e-6)
+
+
+def test_tracin_step_weights_follow_the_cosine_schedule():
+    """train.schedule cosine: linear warm-up over 4 of 40 steps, then cosine decay to 0."""
+    lr, total, warm = 0.1, 40, 4
+    rates = [lr * (s + 1) / warm if s < warm else lr * 0.5 * (1 + np.cos(np.pi * (s - warm) / (total - warm)))
+             for s in range(total)]
+    w = estimators.lr_weights(["epoch_0002", "final"], 4, 10, {"lr": lr, "optimizer": "adamw", "schedule": "cosine",
+                                                               "warmup": 0.1})
     np.testing.assert_allclose(w["epoch_0002"], sum(rates[:20]), rtol=1e-6)
     np.testing.assert_allclose(w["final"], sum(rates[20:]), rtol=1e-6)
 

@@ -117,12 +117,7 @@ def test_preserves_squared_norms_in_expectation(net):
     assert ratios.std().item() < 0.25
 
 
-def test_refuses_unsupported_models_and_training_mode(net):
-    odd = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.GroupNorm(2, 4))
-    with pytest.raises(ValueError, match=r"module '1' \(GroupNorm\) has parameters"):
-        FactoredProjector(odd, 16, 0)
-    with pytest.raises(ValueError, match="grouped convolution"):
-        FactoredProjector(torch.nn.Conv2d(4, 4, 3, groups=2), 16, 0)
+def test_refuses_training_mode(net):
     x, y = batch(2)
     net.train()
     try:
@@ -132,12 +127,28 @@ def test_refuses_unsupported_models_and_training_mode(net):
         net.eval()
 
 
-def test_auto_picks_the_factored_projector_where_it_applies(net):
+def test_modules_without_a_hook_formula_take_the_exact_per_example_path():
+    """GroupNorm has no hook formula here: its parameters get vmap's exact per-example
+    gradients, joined before the same hash; the whole map is still the linear one."""
+    torch.manual_seed(0)
+    odd = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.GroupNorm(2, 4), torch.nn.Flatten(),
+                              torch.nn.Linear(4 * 30 * 30, 5)).eval()
+    p = FactoredProjector(odd, 64, 0)
+    assert p.per_example == ["1.weight", "1.bias"]
+    x = torch.rand(3, 3, 32, 32)
+    fast, _ = p.featurize(odd, lambda m, xb: m(xb)[:, 2], x, 0)
+    params = {k: v.detach() for k, v in odd.named_parameters()}
+    exact = torch.func.vmap(torch.func.grad(lambda ps, xi: torch.func.functional_call(odd, ps, (xi[None],))[0, 2]),
+                            in_dims=(None, 0))(params, x)
+    torch.testing.assert_close(fast, p.project(vectorize(exact, device="cpu"), 0), rtol=1e-4, atol=1e-5)
+
+
+def test_auto_picks_the_factored_projector(net):
     auto = factory.make("auto", net, 64, 0, "cpu")
     assert isinstance(auto, HookGradients) and isinstance(auto.projector, FactoredProjector)
-    odd = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.GroupNorm(2, 4))
-    other = factory.make("auto", odd, 64, 0, "cpu")
-    assert isinstance(other, PerExampleGradients) and isinstance(other.projector, SparseJLProjector)
+    assert auto.projector.per_example == []                    # every ResNet-18 module has hooks
+    sparse = factory.make("sparse", net, 64, 0, "cpu")
+    assert isinstance(sparse, PerExampleGradients) and isinstance(sparse.projector, SparseJLProjector)
 
 
 @pytest.mark.cuda

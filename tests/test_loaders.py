@@ -241,7 +241,8 @@ def schema_defaults(node, root):
 def test_a_minimal_config_gets_exactly_the_schema_defaults():
     got = resolve(MINIMAL)
     expected = {**schema_defaults(schema(), schema()), **MINIMAL,
-                "dataset": {**schema_defaults(schema()["properties"]["dataset"], schema()), "name": "synthetic"}}
+                "dataset": {**schema_defaults(schema()["properties"]["dataset"], schema()), "name": "synthetic"},
+                "layers": ["stem", "layer1", "layer2", "layer3", "layer4"]}   # resnet18's, filled in by resolve
     assert got == expected
     assert got["trak"]["lambda_reg"] == 0.0 and got["model"]["width"] == 64   # not the demo's 0.1 and 16
     assert got["trak"]["checkpoints"] == ["final"] and got["resources"]["default"] == {"mem_mb": 4000, "runtime": 60}

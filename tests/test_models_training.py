@@ -250,7 +250,7 @@ def test_cpu_channels_last_gradients_are_what_the_guard_says(tmp_path):
     """Why the guard exists, measured on this machine's kernels: NCHW gradients of one step
     match float64 to 1e-4 of each tensor's largest entry; channels_last ones are reported
     (the guard holds whatever they are; this prints the figure for the docs)."""
-    from workflow.model.resnet import build
+    from workflow.model.zoo import build
 
     torch.manual_seed(0)
     arch = {"arch": "resnet18", "num_classes": 10, "width": 8, "image_size": 32}

@@ -13,7 +13,7 @@ PACKAGE = REPO / "workflow"
 # stage families in pipeline order; a family may import only itself, earlier families
 # and the shared modules
 FAMILIES = ["data", "model", "probing", "attribution", "ablation", "validation", "report"]
-SHARED = {"artifacts", "atomic", "config", "seeding", "stats", "runtime", "provenance", "rerun", "stages", "cli", "__main__", ""}
+SHARED = {"artifacts", "atomic", "config", "errors", "seeding", "stats", "runtime", "provenance", "rerun", "stages", "cli", "__main__", ""}
 
 
 def modules():
@@ -73,7 +73,7 @@ def test_no_stage_imports_a_later_stage():
 
 
 def test_shared_modules_are_torch_free():
-    for name in ("artifacts", "atomic", "config", "seeding", "stats", "stages", "provenance"):
+    for name in ("artifacts", "atomic", "config", "errors", "seeding", "stats", "stages", "provenance"):
         text = (PACKAGE / f"{name}.py").read_text()
         assert not re.search(r"^(import torch|from torch)", text, re.M), name  # lazy imports inside functions are fine
 

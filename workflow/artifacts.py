@@ -352,6 +352,8 @@ copy = atomic.copy
 
 FEATURE_ATTRS = ("proj_dim", "proj_seed", "projector", "layer_dim", "device_type", "precision", "model_hash",
                  "n_train", "checkpoint", "member", "model_id", "grad_dim")
+# present only where they apply: the parameters whose gradients took the per-example (vmap) path
+OPTIONAL_FEATURE_ATTRS = ("per_example_params",)
 
 
 def write_feature_shard(path, cfg: dict, attrs: dict, indices, grads, out_to_loss) -> None:

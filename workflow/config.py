@@ -2,7 +2,8 @@
 
 ``resolve`` reports the first schema violation in one line naming the key, fills in
 every default from config/schema.yaml (the only place defaults live), then checks the
-rules that span keys and the paths. Torch-free.
+rules that span keys and the paths. Torch-free, except for a ``torchvision:`` or ``timm:``
+model (``check_model``).
 """
 from __future__ import annotations
 
@@ -12,11 +13,10 @@ from pathlib import Path
 
 import yaml
 
+from .errors import ConfigError  # noqa: F401  (raised by every check; callers import it from here)
+from .model.names import RESNET18_DEFAULT_LAYERS, RESNET18_LAYERS
+
 SCHEMA = Path(__file__).resolve().parent / "schema.yaml"
-
-
-class ConfigError(ValueError):
-    pass
 
 
 def _where(path) -> str:
@@ -85,11 +85,29 @@ def resolve(config: dict) -> dict:
         raise ConfigError(f"config error: {msgs[0]}" + (f" (and {len(msgs) - 1} more)" if len(msgs) > 1 else ""))
     config = with_defaults(config, s)
     check_dataset(config)
+    config = check_model(config)
     check_concepts(config)
     check_trak(config)
     check_ablation(config)
     check_lds(config)
+    check_replay(config)
     return config
+
+
+def check_replay(config: dict) -> None:
+    """The metagradient replays torch's SGD step by step: it needs the sgd / onecycle recipe
+    and no dropout draws."""
+    used = {*config["attribution"]["estimators"], *config["ablation"]["estimators"],
+            *(config["lds"]["estimators"] if config["lds"]["fractions"] else [])}
+    if "metagradient" not in used:
+        return
+    t = config["train"]
+    if t["optimizer"] != "sgd" or t["schedule"] != "onecycle":
+        raise ConfigError(f"config error: train.optimizer: the metagradient estimator replays sgd with the onecycle "
+                          f"schedule, not {t['optimizer']} / {t['schedule']}; drop it from the estimators")
+    if config["model"]["keep_dropout"]:
+        raise ConfigError("config error: model.keep_dropout: the metagradient estimator cannot replay dropout draws; "
+                          "set it false or drop the estimator")
 
 
 def check_dataset(config: dict) -> None:
@@ -114,6 +132,27 @@ def check_dataset(config: dict) -> None:
     lo, hi = config["train"]["crop_scale"]
     if lo > hi:
         raise ConfigError(f"config error: train.crop_scale: [{lo}, {hi}] must be [low, high]")
+
+
+def check_model(config: dict) -> dict:
+    """resnet18's layer names (its default when unset); a zoo model (``torchvision:``,
+    ``timm:``) is built on torch's meta device by ``model.zoo.complete``, which checks its
+    name, kwargs and module paths and fills in its default layers (only then is torch imported)."""
+    m = config["model"]
+    if m["arch"] != "resnet18":
+        from .model.zoo import complete
+        return complete(config)
+    if m["kwargs"]:
+        raise ConfigError("config error: model.kwargs: resnet18 takes none (its one knob is model.width)")
+    if m["weights"] is not None and not os.path.isfile(m["weights"]):
+        raise ConfigError(f"config error: model.weights: file not found: {m['weights']}")
+    if config["layers"] is None:
+        return {**config, "layers": list(RESNET18_DEFAULT_LAYERS)}
+    for layer in config["layers"]:
+        if layer not in RESNET18_LAYERS:
+            raise ConfigError(f"config error: layers: {layer!r} is not a layer of resnet18 (choose from "
+                              f"{', '.join(RESNET18_LAYERS)}; module paths need a torchvision: or timm: model.arch)")
+    return config
 
 
 def check_concepts(config: dict) -> None:

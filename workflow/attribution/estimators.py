@@ -342,21 +342,13 @@ def needs(names, what: str, raw: bool = False) -> bool:
     return any(REGISTRY[n].uses == what for n in names)
 
 
-def lr_weights(checkpoints, epochs: int, steps_per_epoch: int, lr: float) -> dict:
+def lr_weights(checkpoints, epochs: int, steps_per_epoch: int, tcfg: dict) -> dict:
     """{checkpoint: the sum of the learning rates of the steps since the previous checkpoint
-    in ``checkpoints``}, replaying the training recipe's one-cycle schedule (``model.train``):
-    TracIn-CP's step weights."""
-    from ..model.train import warmup_fraction
+    in ``checkpoints``}, replaying the training recipe's schedule (``model.train``):
+    TracIn-CP's step weights. ``tcfg``: the recipe (lr, and optimizer and schedule when set)."""
+    from ..model.train import step_schedule
 
-    total = epochs * steps_per_epoch
-    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=lr, momentum=0.9)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=total,
-                                                pct_start=warmup_fraction(total), anneal_strategy="linear")
-    rates = []
-    for _ in range(total):
-        rates.append(opt.param_groups[0]["lr"])
-        opt.step()
-        sched.step()
+    rates, _ = step_schedule({"momentum": 0.9, "weight_decay": 0.0, **tcfg}, epochs * steps_per_epoch)
     ends = {c: (epochs if c == "final" else int(c.split("_")[1])) * steps_per_epoch for c in checkpoints}
     out, previous = {}, 0
     for c in sorted(checkpoints, key=lambda c: ends[c]):

@@ -48,10 +48,11 @@ def dtype_of(precision: str):
     return {"float32": torch.float32, "float16": torch.float16}[precision]
 
 
-def setup(model_path, checkpoint: str, member: int, tcfg: dict):
-    """(model, projected-gradient function, attrs) for one checkpoint under the ``trak`` slice."""
+def setup(model_path, checkpoint: str, member: int, tcfg: dict, token_pool: str = "mean"):
+    """(model, projected-gradient function, attrs) for one checkpoint under the ``trak`` slice;
+    ``token_pool``: how the model pools token sequences (probe readouts)."""
     device = resolve_device(tcfg["device"])
-    model = checkpoints.load(model_path, checkpoint, device)
+    model = checkpoints.load(model_path, checkpoint, device, token_pool)
     grads = factory.make(tcfg["projector"], model, tcfg["proj_dim"], tcfg["proj_seed"], device.type,
                          layer_dim=tcfg["layer_dim"], dtype=dtype_of(tcfg["precision"]))
     attrs = {"proj_dim": grads.proj_dim,
@@ -61,6 +62,9 @@ def setup(model_path, checkpoint: str, member: int, tcfg: dict):
              "checkpoint": checkpoint, "member": int(member),
              "grad_dim": int(sum(p.numel() for p in model.parameters())),
              "model_id": model_id(member, checkpoint, tcfg["checkpoints"])}
+    per_example = getattr(grads.projector, "per_example", None)
+    if per_example:   # the parameters whose gradients took the vmap path (none for resnet18)
+        attrs["per_example_params"] = ",".join(per_example)
     return model, grads, attrs
 
 
@@ -152,7 +156,7 @@ def gather(shard_paths, out_path, cfg: dict) -> None:
     grads = np.concatenate([s["grads"] for s in shards])[order]
     otl = np.concatenate([s["out_to_loss"] for s in shards])[order]
     x_inv, lam = x_xtx_inv(grads, cfg["trak"]["lambda_reg"])
-    attrs = {k: ref[k] for k in artifacts.FEATURE_ATTRS}
+    attrs = {k: ref[k] for k in artifacts.FEATURE_ATTRS + artifacts.OPTIONAL_FEATURE_ATTRS if k in ref}
     artifacts.write_features(out_path, cfg, {**attrs, "lambda_abs": lam}, grads, otl, x_inv.astype(np.float32))
     log.info("gathered %d shards: %d x %d features", len(shard_paths), *grads.shape)
 

@@ -43,7 +43,7 @@ from .. import artifacts
 from ..model import checkpoints
 from ..model.loader import ImageSource
 from ..model.resnet import to_input
-from ..model.train import batch_view, crop_draws, epoch_draws, make_model, warmup_fraction, weighted_loss
+from ..model.train import batch_view, crop_draws, epoch_draws, make_model, step_schedule, weighted_loss
 from ..seeding import derive_seed, seed_everything
 
 log = logging.getLogger(__name__)
@@ -95,17 +95,7 @@ class Recipe:
 def schedule(tcfg: dict, total: int) -> tuple:
     """(learning rate [total], momentum [total]) of each step: the one-cycle schedule of the
     training recipe, read off torch's own scheduler (it cycles the momentum too)."""
-    p = torch.zeros(1, requires_grad=True)
-    opt = torch.optim.SGD([p], lr=tcfg["lr"], momentum=tcfg["momentum"], nesterov=True)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=tcfg["lr"], total_steps=total,
-                                                pct_start=warmup_fraction(total), anneal_strategy="linear")
-    lr, mu = [], []
-    for _ in range(total):
-        lr.append(opt.param_groups[0]["lr"])
-        mu.append(opt.param_groups[0]["momentum"])
-        opt.step()
-        sched.step()
-    return lr, mu
+    return step_schedule(tcfg, total)
 
 
 class State:
@@ -341,7 +331,7 @@ def member_scores(model_path, data_path, cfg: dict, member: int, start: int, rea
     """{key: dR/dw [n]} of member ``member`` (its base model file ``model_path``) from its state
     after epoch ``start`` to the end, for each readout {key: fn(model) -> scalar}."""
     begin = time.process_time()
-    net = Network(checkpoints.load(model_path, "final", device))
+    net = Network(checkpoints.load(model_path, "final", device, cfg.get("token_pool", "mean")))
     recipe = Recipe(data_path, cfg, member, start, device, mem_mb)
     state = start_state(net, model_path, start, data_path, cfg, member)
     scores, values = metagradients(net, recipe, state, readouts,

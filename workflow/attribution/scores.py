@@ -154,7 +154,8 @@ def checkpoint_inputs(member, ckpt, models, features, concepts, targets, layers,
     classification margin) and the final model's pooled activations (the similarity
     baseline; probe readouts only, once per member)."""
     tcfg, readout = cfg["trak"], cfg.get("readout", "probe")
-    model, grads, attrs = setup(models[member], ckpt, member, tcfg)
+    pooling = cfg.get("token_pool", "mean")
+    model, grads, attrs = setup(models[member], ckpt, member, tcfg, pooling)
     arrays = ("x_xtx_inv", "out_to_loss") + (("grads",) if estimators.needs(names, "gradients", raw=True) else ())
     feats = artifacts.features(features[(member, ckpt)], arrays=arrays)
     check_features(features[(member, ckpt)], feats, attrs)
@@ -175,7 +176,7 @@ def checkpoint_inputs(member, ckpt, models, features, concepts, targets, layers,
     last = ckpt == max(c for m, c in features if m == member)
     final = None
     if estimators.needs(names, "model") and last:
-        final_model = checkpoints.load(models[member], "final", next(model.parameters()).device)
+        final_model = checkpoints.load(models[member], "final", next(model.parameters()).device, pooling)
         readouts = {}
         for c, layer in rows:
             if layer == "margin":
@@ -193,7 +194,7 @@ def checkpoint_inputs(member, ckpt, models, features, concepts, targets, layers,
         replay = replay_inputs(member, models, concepts, targets, rows, cfg, data_path, next(model.parameters()).device)
     acts = target_acts = None
     if readout == "probe" and "similarity" in names and last:
-        final = checkpoints.load(models[member], "final", next(model.parameters()).device)
+        final = checkpoints.load(models[member], "final", next(model.parameters()).device, pooling)
         acts = timer("activations", training_activations, final, data_path, layers, tcfg["batch_size"])
         target_acts = {"keys": {(c, layer): (layer, len(targets[c][0])) for c in concepts for layer in layers}}
         for c in concepts:
@@ -240,7 +241,8 @@ def replay_inputs(member, models, concepts, targets, rows, cfg, data_path, devic
             sides["negatives"] = (lambda model, x=x[n_t:], p=probe: p(model, x).mean(), len(images) - n_t)
         readouts[(c, layer)] = sides
     return {"model_path": models[member], "data_path": data_path, "start": int(m["spawn_epoch"]),
-            "cfg": {"seed": cfg["seed"], "model": cfg["model"], "train": cfg["train"]}, "readouts": readouts,
+            "cfg": {"seed": cfg["seed"], "model": cfg["model"], "train": cfg["train"],
+                    "token_pool": cfg.get("token_pool", "mean")}, "readouts": readouts,
             "device": device}
 
 
@@ -275,7 +277,7 @@ def score(concepts: dict, layers, models: dict, features: dict, outputs: dict, c
     if "tracin" in names:
         t = cfg["train"]
         n_train = len(artifacts.features(next(iter(features.values())), arrays=("out_to_loss",))["out_to_loss"])
-        lr_weights = estimators.lr_weights(tcfg["checkpoints"], t["epochs"], -(-n_train // t["batch_size"]), t["lr"])
+        lr_weights = estimators.lr_weights(tcfg["checkpoints"], t["epochs"], -(-n_train // t["batch_size"]), t)
     timer, hardness = Timer(), []
     for (member, ckpt) in tqdm(sorted(features), desc=f"score {len(concepts)} concepts x "
                                                      f"{len(layers) if readout == 'probe' else 1} {readout} "

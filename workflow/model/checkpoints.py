@@ -1,11 +1,11 @@
 """Model checkpoints as torch modules: the bridge between ``artifacts`` model files
-(numpy arrays) and ``resnet.ScalableResNet18``."""
+(numpy arrays) and torch modules (``zoo.build``)."""
 from __future__ import annotations
 
 import torch
 
 from .. import artifacts
-from .resnet import build
+from .zoo import build
 
 
 def save(path, model, intermediate: dict, metrics: dict, config: dict, arrays=None, momentum=None) -> None:
@@ -20,9 +20,11 @@ def save(path, model, intermediate: dict, metrics: dict, config: dict, arrays=No
     artifacts.write_model(path, config, model.arch, states, metrics, arrays, buffers)
 
 
-def load(path, which: str = "final", device="cpu"):
-    """Rebuild the model stored in ``path`` with the weights of checkpoint ``which`` (eval mode)."""
+def load(path, which: str = "final", device="cpu", token_pool: str = "mean"):
+    """Rebuild the model stored in ``path`` with the weights of checkpoint ``which`` (eval
+    mode); ``token_pool`` (``activations.token_pool``) is how its ``pooled`` pools token sequences."""
     arch, state = artifacts.model_state(path, which)
     model = build(arch)
+    model.token_pool = token_pool
     model.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()})
     return model.to(device).eval()

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 from torchvision.models.resnet import BasicBlock, ResNet
 
-LAYERS = ("input", "stem", "layer1", "layer2", "layer3", "layer4")
+from .names import RESNET18_LAYERS as LAYERS
 
 
 class ScalableResNet18(ResNet):
@@ -72,13 +72,6 @@ class ScalableResNet18(ResNet):
     def pooled(self, x: torch.Tensor, layers) -> dict:
         """Per-channel spatial means at the named layers: {layer: [B, C_l]} (``logits`` as is)."""
         return {k: v.mean(dim=(2, 3)) if v.ndim == 4 else v for k, v in self.layer_outputs(x, layers).items()}
-
-
-def build(arch: dict) -> ScalableResNet18:
-    if arch.get("arch", "resnet18") != "resnet18":
-        raise ValueError(f"model.arch: unsupported architecture {arch['arch']!r}")
-    return ScalableResNet18(arch["num_classes"], arch["width"], arch["image_size"],
-                            arch.get("mean", (0.5,) * 3), arch.get("std", (0.25,) * 3))
 
 
 def to_input(images_uint8, size: int | None = None) -> torch.Tensor:

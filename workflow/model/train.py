@@ -21,6 +21,7 @@ import logging
 import math
 import time
 import warnings
+from functools import partial
 
 import numpy as np
 import torch
@@ -32,7 +33,8 @@ from ..seeding import derive_seed, seed_everything
 from . import checkpoints
 from .layout import use_channels_last
 from .loader import ImageSource, prefetch
-from .resnet import build, centre_crop, to_input
+from .resnet import centre_crop, to_input
+from .zoo import arch_of, build, load_weights
 
 log = logging.getLogger(__name__)
 
@@ -125,10 +127,12 @@ def predictions(model, source, device, batch_size=512):
 
 
 def make_model(info: dict, model_cfg: dict):
-    arch = {"arch": model_cfg["arch"], "num_classes": info["num_classes"],
-            "width": model_cfg["width"], "image_size": info["image_size"],
-            "mean": info["pixel_mean"], "std": info["pixel_std"]}
-    return build(arch)
+    """A fresh model of ``model_cfg`` (``model.arch`` by name, ``zoo``) for the data of ``info``,
+    started from ``model.weights`` when given."""
+    model = build(arch_of(model_cfg, info["num_classes"], info["image_size"], info["pixel_mean"], info["pixel_std"]))
+    if model_cfg.get("weights"):
+        load_weights(model, model_cfg["weights"])
+    return model
 
 
 def parameter_groups(model, weight_decay: float, decay_norms: bool = True):
@@ -139,6 +143,86 @@ def parameter_groups(model, weight_decay: float, decay_norms: bool = True):
     params = list(model.parameters())
     return [{"params": [p for p in params if p.ndim > 1], "weight_decay": weight_decay},
             {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0}]
+
+
+def make_optimizer(model, tcfg: dict):
+    """``train.optimizer``: sgd (Nesterov momentum; the workflow's recipe) or adamw (the
+    transformers' recipe: betas 0.9/0.999, decoupled weight decay), over ``parameter_groups``."""
+    groups = parameter_groups(model, tcfg["weight_decay"], tcfg["decay_norms"])
+    name = tcfg.get("optimizer", "sgd")
+    if name == "sgd":
+        return torch.optim.SGD(groups, lr=tcfg["lr"], momentum=tcfg["momentum"], weight_decay=tcfg["weight_decay"],
+                               nesterov=True)
+    if name == "adamw":
+        return torch.optim.AdamW(groups, lr=tcfg["lr"], betas=(0.9, 0.999), weight_decay=tcfg["weight_decay"])
+    raise ValueError(f"train.optimizer: unknown optimizer {name!r}")
+
+
+def make_schedule(opt, tcfg: dict, total_steps: int):
+    """``train.schedule``: onecycle (linear one-cycle over the learning rate, and the momentum
+    or Adam's beta1; ``warmup_fraction``) or cosine (linear warm-up over ``train.warmup`` of
+    the steps, then cosine decay to 0)."""
+    name = tcfg.get("schedule", "onecycle")
+    if name == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=tcfg["lr"], total_steps=total_steps,
+                                                   pct_start=warmup_fraction(total_steps), anneal_strategy="linear")
+    if name == "cosine":
+        return torch.optim.lr_scheduler.LambdaLR(opt, partial(cosine_factor, total=total_steps,
+                                                              warmup=warmup_steps(tcfg, total_steps)))
+    raise ValueError(f"train.schedule: unknown schedule {name!r}")
+
+
+def warmup_steps(tcfg: dict, total_steps: int) -> int:
+    return min(total_steps - 1, max(1, round(tcfg.get("warmup", 0.1) * total_steps))) if total_steps > 1 else 0
+
+
+def cosine_factor(step: int, total: int, warmup: int) -> float:
+    """The learning rate of ``step`` relative to train.lr: (step + 1) / warmup during the
+    warm-up, then 0.5 (1 + cos(pi t)) with t going from 0 to 1 over the remaining steps."""
+    if step < warmup:
+        return (step + 1) / warmup
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
+
+
+def step_schedule(tcfg: dict, total: int) -> tuple:
+    """(learning rate [total], momentum [total]) of each step of the recipe, read off torch's
+    own optimizer and scheduler (one-cycle cycles the momentum too; for adamw the momentum
+    is beta1)."""
+    opt = make_optimizer(torch.nn.ParameterList([torch.nn.Parameter(torch.zeros(1))]), {**tcfg, "decay_norms": True})
+    sched = make_schedule(opt, tcfg, total)
+    lr, mu = [], []
+    for _ in range(total):
+        group = opt.param_groups[0]
+        lr.append(group["lr"])
+        mu.append(group["momentum"] if "momentum" in group else group["betas"][0])
+        opt.step()
+        sched.step()
+    return lr, mu
+
+
+def optimizer_buffers(model, opt) -> dict:
+    """The optimizer's state per parameter as CPU tensors, to resume a run there: {param:
+    momentum buffer} for sgd (the format model files always had), {"param:key": tensor}
+    (Adam's step and moments) for the others."""
+    out = {}
+    for k, p in model.named_parameters():
+        state = opt.state[p]
+        if isinstance(opt, torch.optim.SGD):
+            if "momentum_buffer" in state:
+                out[k] = state["momentum_buffer"].detach().cpu().clone()
+            continue
+        for key, v in state.items():
+            out[f"{k}:{key}"] = torch.as_tensor(v).detach().cpu().clone()
+    return out
+
+
+def restore_optimizer(model, opt, buffers: dict, device) -> None:
+    """Put ``optimizer_buffers``' output (numpy arrays, from a model file) back into ``opt``."""
+    params = dict(model.named_parameters())
+    for name, value in buffers.items():
+        param, _, key = name.partition(":")
+        t = torch.from_numpy(value)
+        opt.state[params[param]][key or "momentum_buffer"] = t if key == "step" else t.to(device)
 
 
 def warmup_fraction(total_steps: int) -> float:
@@ -208,8 +292,7 @@ def train_member(data_path, out_path, member: int, cfg: dict, train_indices=None
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda and tcfg["precision"] == "bf16")
-    opt = torch.optim.SGD(parameter_groups(model, tcfg["weight_decay"], tcfg["decay_norms"]), lr=tcfg["lr"],
-                          momentum=tcfg["momentum"], weight_decay=tcfg["weight_decay"], nesterov=True)
+    opt = make_optimizer(model, tcfg)
     smoothing = float(tcfg["label_smoothing"])
     epochs, bs = tcfg["epochs"], tcfg["batch_size"]
     steps_per_epoch = max(1, int(np.ceil(len(train_src) / bs)))
@@ -217,8 +300,7 @@ def train_member(data_path, out_path, member: int, cfg: dict, train_indices=None
     if spawn is not None:
         start = int(spawn[1])
         total_steps, done_steps = spawn_schedule(epochs, start, max(1, int(np.ceil(n_base / bs))), steps_per_epoch)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=tcfg["lr"], total_steps=total_steps,
-                                                pct_start=warmup_fraction(total_steps), anneal_strategy="linear")
+    sched = make_schedule(opt, tcfg, total_steps)
     gen = torch.Generator().manual_seed(seed)
     shift = tcfg["augment_shift"]
     crops, size = tcfg["crop"] == "random_resized", info["image_size"]
@@ -269,8 +351,7 @@ def train_member(data_path, out_path, member: int, cfg: dict, train_indices=None
         log.info("member %d epoch %d/%d loss %.4f (%.1fs)", member, epoch, epochs, total, time.time() - t0)
         if every and epoch % every == 0 and epoch != epochs:
             saved[epoch] = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-            momentum[epoch] = {k: opt.state[p]["momentum_buffer"].detach().cpu().clone()
-                               for k, p in model.named_parameters() if "momentum_buffer" in opt.state[p]}
+            momentum[epoch] = optimizer_buffers(model, opt)
     pred, y_test = predictions(model, test_src, device, bs)   # eval batches as large as training ones
     test_correct = pred == y_test
     metrics = {"test_acc": float(test_correct.mean()) if len(y_test) else 0.0,
@@ -288,9 +369,7 @@ def resume(model, opt, sched, base_path, epoch: int, steps: int, device) -> None
     name = f"epoch_{epoch:04d}"
     _, state = artifacts.model_state(base_path, name)
     model.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()})
-    buffers = artifacts.optimizer_state(base_path, name)
-    for k, p in model.named_parameters():
-        opt.state[p]["momentum_buffer"] = torch.from_numpy(buffers[k]).to(device)
+    restore_optimizer(model, opt, artifacts.optimizer_state(base_path, name), device)
     with warnings.catch_warnings():   # stepping the schedule alone is intended here
         warnings.simplefilter("ignore", UserWarning)
         for _ in range(steps):

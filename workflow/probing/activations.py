@@ -17,8 +17,9 @@ log = logging.getLogger(__name__)
 
 @torch.no_grad()
 def pooled_activations(model, images: np.ndarray, layers, device, batch_size: int = 256) -> dict:
-    """{layer: float32 [N, C_l]}: spatial means of each channel of each layer's output (the
-    pseudo-layer ``logits``: the classifier's output)."""
+    """{layer: float32 [N, C_l]}: each layer's output pooled by shape (``model.pooled``: the
+    spatial mean of each channel of a feature map, the patch tokens' mean or the class token
+    of a sequence); the pseudo-layer ``logits``: the classifier's output."""
     model.eval()
     out = {layer: [] for layer in layers}
     for s in tqdm(range(0, len(images), batch_size), desc="activations", mininterval=5):
@@ -33,7 +34,7 @@ def extract(model_path, probe_sets: dict, out_paths: dict, cfg: dict) -> None:
     activations of its images for ``cfg['layers']`` to ``out_paths[concept]``; the model
     is loaded once."""
     device = resolve_device(cfg["activations"]["device"])
-    model = checkpoints.load(model_path, "final", device)
+    model = checkpoints.load(model_path, "final", device, cfg.get("token_pool", "mean"))
     for concept, images_path in probe_sets.items():
         images = artifacts.probe_set(images_path)["images"]
         acts = pooled_activations(model, images, [*cfg["layers"], "logits"], device,

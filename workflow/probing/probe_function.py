@@ -35,7 +35,5 @@ class ProbeOutput:
         """The same values from one full forward pass, with the logits' zero contribution kept
         in the graph: every layer then gets a gradient (zero past the probed layer), as
         per-layer curvature hooks (EK-FAC's) need."""
-        out = model.layer_outputs(x, [self.layer, "logits"])
-        h = out[self.layer]
-        pooled = h.mean(dim=(2, 3)) if h.ndim == 4 else h
-        return pooled @ self.weight + self.bias + 0.0 * out["logits"].sum(-1)
+        out = model.pooled(x, [self.layer, "logits"])
+        return out[self.layer] @ self.weight + self.bias + 0.0 * out["logits"].sum(-1)

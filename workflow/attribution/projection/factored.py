@@ -20,6 +20,17 @@ gradients. The whole map is linear in the full gradient, so ``project`` also tak
 (or traker's dict) per-example gradients and gives the same result as the hook path;
 the tests check one against the other. All random maps are drawn on the CPU from
 (seed, model_id): CPU and GPU apply the same map.
+
+Which modules take the hook path (``hooked``): Conv2d (grouped and depthwise included; a
+grouped convolution's gradient is kept exact, never Kronecker-reduced), Linear (on
+[B, D] or on token sequences [B, ..., D]: the per-example gradient sums over the tokens),
+BatchNorm2d and LayerNorm, each of its exact class and run exactly once by a forward pass
+of the model (checked at construction on a blank batch when the model states its
+``arch``). Every other parameter (class tokens, position embeddings, attention weights
+used outside a module's forward, unknown module types, a module run twice) gets its exact
+per-example gradient from ``torch.func.vmap`` over the same output, and its coordinates
+join the hooked ones, in ``named_parameters()`` order, before the same hash: no
+parameter is ever dropped.
 """
 
 from __future__ import annotations
@@ -34,24 +45,47 @@ from trak.utils import vectorize
 
 from .sparse import SparseJLProjector
 
-SUPPORTED = (nn.Conv2d, nn.Linear, nn.BatchNorm2d)
+import warnings
+
+from .gradients import per_example_output
+
+HOOKED = (nn.Conv2d, nn.Linear, nn.BatchNorm2d, nn.LayerNorm)
+# subclasses whose forward is their base class's arithmetic (timm's LayerNorm: F.layer_norm)
+SAME_AS_BASE = ("timm.layers.norm.LayerNorm",)
 
 
-def unsupported(model: nn.Module):
-    """Why the factored projector cannot handle ``model`` (the first offending module), or None."""
-    for name, m in model.named_modules():
-        if not list(m.parameters(recurse=False)):
-            continue
-        if not isinstance(m, SUPPORTED):
-            return (f"module {name!r} ({type(m).__name__}) has parameters; supported are Conv2d, Linear, "
-                    f"BatchNorm2d (use trak.projector: sparse)")
-        if getattr(m, "groups", 1) != 1:
-            return f"{name or 'the model'} is a grouped convolution (groups={m.groups})"
-    return None
+def hookable(module: nn.Module) -> bool:
+    """Whether ``module``'s per-example gradients follow from its input and output gradient:
+    one of ``HOOKED`` exactly (a subclass may compute something else), with what the hook
+    formulas assume (zero padding given as numbers, affine normalisation)."""
+    kind = type(module)
+    if kind not in HOOKED and f"{kind.__module__}.{kind.__name__}" not in SAME_AS_BASE:
+        return False
+    if isinstance(module, nn.Conv2d):
+        return module.padding_mode == "zeros" and not isinstance(module.padding, str)
+    return True
 
 
-def supports(model: nn.Module) -> bool:
-    return unsupported(model) is None
+def calls(model: nn.Module, names) -> dict:
+    """{module name: times it runs in one forward pass of a blank 2-image batch} (eval mode,
+    no gradients); {} when the model does not state its image size (``arch``)."""
+    size = getattr(model, "arch", {}).get("image_size") if isinstance(getattr(model, "arch", None), dict) else None
+    if size is None:
+        return {}
+    modules = dict(model.named_modules())
+    count = dict.fromkeys(names, 0)
+    handles = [modules[n].register_forward_hook(lambda m, a, o, n=n: count.__setitem__(n, count[n] + 1))
+               for n in names]
+    was = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(torch.zeros(2, 3, size, size, device=next(model.parameters()).device))
+    finally:
+        model.train(was)
+        for h in handles:
+            h.remove()
+    return count
 
 
 def _rademacher(gen, rows: int, cols: int) -> torch.Tensor:
@@ -76,17 +110,21 @@ class _Layer:
     """One module with parameters: its share of the projector's input and how to compute
     it from the module's input and output gradient (batch first)."""
 
-    def __init__(self, name: str, module: nn.Module, layer_dim):
-        self.name, self.module = name, module
+    def __init__(self, name: str, module: nn.Module, layer_dim, hooked: bool = True):
+        self.name, self.module, self.hooked = name, module, hooked
         self.has_bias = getattr(module, "bias", None) is not None
         self.r_out = self.r_in = None
-        if isinstance(module, nn.BatchNorm2d):
+        self.groups = getattr(module, "groups", 1)
+        if not hooked or isinstance(module, (nn.BatchNorm2d, nn.LayerNorm)):
+            # the per-example path, and the norms' affine terms: exact gradients, as they are
             self.d_out = None
-            self.sizes = self.full_sizes = [module.num_features] * 2 if module.affine else []
+            self.params = [f"{name}.{p}" if name else p for p, _ in module.named_parameters(recurse=False)]
+            self.sizes = self.full_sizes = [p.numel() for p in module.parameters(recurse=False)]
             return
         w = module.weight
         self.c_out, self.c_in = w.shape[0], w[0].numel()
-        self.d_out, self.d_in = split_budget(self.c_out, self.c_in, layer_dim)
+        # a grouped convolution is kept exact (its weight is small: c_in is one group's)
+        self.d_out, self.d_in = split_budget(self.c_out, self.c_in, layer_dim if self.groups == 1 else None)
         bias = [self.c_out] if self.has_bias else []
         self.sizes = [self.d_out * self.d_in] + bias
         self.full_sizes = [w.numel()] + bias
@@ -119,10 +157,30 @@ class _Layer:
                 return []
             xhat = (a - m.running_mean[:, None, None]) * torch.rsqrt(m.running_var[:, None, None] + m.eps)
             return [(g * xhat).sum((2, 3)), g.sum((2, 3))]
+        if isinstance(m, nn.LayerNorm):
+            if not self.sizes:
+                return []
+            xhat = F.layer_norm(a, m.normalized_shape, None, None, m.eps)
+            tokens = tuple(range(1, a.ndim - len(m.normalized_shape)))   # summed over tokens, if any
+            out = [(g * xhat).sum(tokens).flatten(1) if tokens else (g * xhat).flatten(1)]
+            return out + ([g.sum(tokens).flatten(1) if tokens else g.flatten(1)] if m.bias is not None else [])
         if isinstance(m, nn.Linear):
+            if a.ndim > 2:   # a sequence: sum_t g_t a_t^T over its tokens
+                a, g = a.reshape(len(a), -1, a.shape[-1]), g.reshape(len(g), -1, g.shape[-1])
+                ai = a if self.r_in is None else a @ self.r_in
+                go = g if self.r_out is None else g @ self.r_out
+                return [torch.bmm(go.transpose(1, 2), ai).flatten(1)] + ([g.sum(1)] if self.has_bias else [])
             ai = a if self.r_in is None else a @ self.r_in
             go = g if self.r_out is None else g @ self.r_out
             return [(go[:, :, None] * ai[:, None, :]).flatten(1)] + ([g] if self.has_bias else [])
+        if self.groups > 1:   # per group: sum_p g_p a_p^T over the group's channels
+            b, k = len(a), self.groups
+            ai = F.unfold(a, m.kernel_size, m.dilation, m.padding, m.stride)
+            ai = ai.reshape(b, k, ai.shape[1] // k, ai.shape[2])                            # [B, k, c_in, P]
+            gp = g.flatten(2)
+            go = gp.reshape(b, k, gp.shape[1] // k, gp.shape[2])                             # [B, k, c_out/k, P]
+            z = torch.einsum("bkop,bkip->bkoi", go, ai)
+            return [z.flatten(1)] + ([gp.sum(2)] if self.has_bias else [])
         if self.r_in is None:
             ai = F.unfold(a, m.kernel_size, m.dilation, m.padding, m.stride)                 # [B, c_in, P]
         else:
@@ -134,8 +192,8 @@ class _Layer:
 
 
 class FactoredProjector(AbstractProjector):
-    """traker ``AbstractProjector`` for a model built of Conv2d, Linear and BatchNorm2d
-    (eval mode). ``featurize(model, output_fn, x, model_id)`` is the fast path, used
+    """traker ``AbstractProjector`` for any model in eval mode: hooks where they apply, vmap
+    for the rest (the module's docstring). ``featurize(model, output_fn, x, model_id)`` is the fast path, used
     through ``gradients.HookGradients``."""
 
     def __init__(self, model: nn.Module, proj_dim: int, seed: int, proj_type=ProjectionType.rademacher,
@@ -143,18 +201,17 @@ class FactoredProjector(AbstractProjector):
         self.proj_dim, self.seed, self.proj_type = int(proj_dim), int(seed), proj_type
         self.device = torch.device(device)
         self.layer_dim = None if layer_dim is None else int(layer_dim)
-        why = unsupported(model)
-        if why:
-            raise ValueError(f"factored projector: {why}")
+        owners = [(name, module) for name, module in model.named_modules() if list(module.parameters(recurse=False))]
+        runs = calls(model, [name for name, module in owners if hookable(module)])
         self.layers, names = [], []
-        for name, module in model.named_modules():
-            own = [f"{name}.{p}" if name else p for p, _ in module.named_parameters(recurse=False)]
-            if not own:
-                continue
-            self.layers.append(_Layer(name, module, self.layer_dim))
-            names += own
+        for name, module in owners:
+            hooked = hookable(module) and runs.get(name, 1) == 1
+            self.layers.append(_Layer(name, module, self.layer_dim, hooked))
+            names += [f"{name}.{p}" if name else p for p, _ in module.named_parameters(recurse=False)]
         if names != [n for n, _ in model.named_parameters()]:
             raise ValueError("factored projector: parameters are not grouped by module in named_parameters() order")
+        # the parameters whose per-example gradients come from vmap (features' attrs name them)
+        self.per_example = [p for layer in self.layers if not layer.hooked for p in layer.params]
         self.grad_dim = sum(p.numel() for p in model.parameters())
         self.inner_dim = sum(sum(layer.sizes) for layer in self.layers)
         self.hash = SparseJLProjector(self.inner_dim, self.proj_dim, seed, device=device, nnz_per_column=nnz_per_column)
@@ -182,10 +239,12 @@ class FactoredProjector(AbstractProjector):
             start += n
         return self.hash.project_parts(parts, model_id)
 
-    def featurize(self, model: nn.Module, output_fn, x: torch.Tensor, model_id: int):
-        """(projected per-example gradients [B, proj_dim], outputs [B]) of ``output_fn(model, x)`` -> [B].
+    def featurize(self, model: nn.Module, output_fn, x: torch.Tensor, model_id: int, aux=()):
+        """(projected per-example gradients [B, proj_dim], outputs [B]) of ``output_fn(model, x,
+        *aux)`` -> [B]; ``aux``: per-example tensors it needs (labels).
 
-        One batched forward and backward; examples must not interact (BatchNorm in eval mode).
+        One batched forward and backward (and a vmap pass for the parameters the hooks cannot
+        see); examples must not interact (BatchNorm in eval mode).
         """
         if model.training:
             raise ValueError("factored projector: the model must be in eval mode (per-example gradients)")
@@ -202,18 +261,22 @@ class FactoredProjector(AbstractProjector):
             return hook
 
         for layer in self.layers:
-            handles.append(layer.module.register_forward_hook(forward_hook(layer)))
+            if layer.hooked:
+                handles.append(layer.module.register_forward_hook(forward_hook(layer)))
         try:
             with torch.enable_grad():
                 xg = x.detach().requires_grad_(True)
-                out = output_fn(model, xg)
+                out = output_fn(model, xg, *aux)
                 torch.autograd.grad(out.sum(), xg)
         finally:
             for h in handles:
                 h.remove()
+        exact = self.per_example_grads(model, output_fn, x, aux) if self.per_example else {}
         parts = []
         for layer in self.layers:
-            if layer.name in grads:
+            if not layer.hooked:
+                parts += [exact[p].flatten(1).float() for p in layer.params]
+            elif layer.name in grads:
                 a, version = inputs[layer.name]
                 if a._version != version:
                     raise ValueError(f"factored projector: the input of {layer.name!r} was modified in place")
@@ -221,6 +284,21 @@ class FactoredProjector(AbstractProjector):
             else:  # the output does not depend on this layer (e.g. after the probed layer)
                 parts += [x.new_zeros(len(x), s, dtype=torch.float32) for s in layer.sizes]
         return self.hash.project_parts(parts, model_id), out.detach()
+
+    def per_example_grads(self, model: nn.Module, output_fn, x: torch.Tensor, aux=()) -> dict:
+        """{parameter: [B, *shape]}: exact per-example gradients of ``output_fn`` for the
+        parameters the hooks cannot see, by ``torch.func.vmap`` (the other weights fixed)."""
+        params = {k: v.detach() for k, v in model.named_parameters()}
+        buffers = {k: v.detach() for k, v in model.named_buffers()}
+        f = per_example_output(model, output_fn)
+
+        def output(own, xi, *ai):
+            return f({**params, **own}, buffers, xi, *ai)
+
+        with warnings.catch_warnings():   # attention kernels without a batching rule run per example
+            warnings.filterwarnings("ignore", message=".*batching rule.*")
+            return torch.func.vmap(torch.func.grad(output), in_dims=(None, 0) + (0,) * len(aux))(
+                {k: params[k] for k in self.per_example}, x.detach(), *aux)
 
     def free_memory(self):
         self.hash.free_memory()

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from trak.projectors import BasicProjector, NoOpProjector, ProjectionType
 
-from .factored import FactoredProjector, supports
+from .factored import FactoredProjector
 from .gradients import HookGradients, PerExampleGradients
 from .sparse import SparseJLProjector
 
@@ -18,14 +18,14 @@ def cuda_projector_available() -> bool:
 
 
 def resolve(kind: str, model, device: str) -> str:
-    """``auto`` = traker's CUDA projector on a GPU with fast_jl installed, else
-    ``factored`` where the model is built of Conv2d, Linear and BatchNorm2d (every model
-    this workflow trains), else ``sparse``."""
+    """``auto`` = traker's CUDA projector on a GPU with fast_jl installed, else ``factored``:
+    hooks for every module they apply to, exact per-example (vmap) gradients for the rest,
+    so it covers every model and drops no parameter (``factored``'s docstring)."""
     if kind != "auto":
         return kind
     if device == "cuda" and cuda_projector_available():
         return "cuda"
-    return "factored" if supports(model) else "sparse"
+    return "factored"
 
 
 def make(kind: str, model, proj_dim: int, seed: int, device: str, layer_dim=None, dtype=torch.float32):

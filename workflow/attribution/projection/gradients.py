@@ -32,7 +32,7 @@ class HookGradients(ProjectedGradients):
     """The factored projector: layer factors from forward/backward hooks of one batched pass."""
 
     def __call__(self, model, output_fn, x, *aux, model_id: int):
-        return self.projector.featurize(model, lambda m, xb: output_fn(m, xb, *aux), x, model_id)
+        return self.projector.featurize(model, output_fn, x, model_id, aux)
 
 
 class _Output(torch.nn.Module):
