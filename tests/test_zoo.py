@@ -64,6 +64,16 @@ def test_projected_gradients_match_exact_per_example_gradients_projected_by_the_
         torch.testing.assert_close(out, fn(net, x, *aux).detach(), rtol=1e-5, atol=1e-6)
 
 
+def test_auto_takes_the_hooks_where_they_see_every_parameter_else_one_vmap_pass():
+    from workflow.attribution.projection import factory
+
+    assert factory.resolve("auto", model(MOBILENET), "cpu") == "factored"
+    assert factory.resolve("auto", model(SHUFFLENET), "cpu") == "factored"
+    assert factory.resolve("auto", model(VIT), "cpu") == "sparse"          # its class token and position embedding
+    forced = factory.make("factored", model(VIT), 64, 0, "cpu")
+    assert forced.projector.per_example == ["net.cls_token", "net.pos_embed"]
+
+
 def test_grouped_and_depthwise_convolutions_are_hooked_exactly():
     net = torch.nn.Sequential(torch.nn.Conv2d(4, 6, 3, padding=1, groups=2), torch.nn.Conv2d(6, 6, 3, groups=6, bias=False),
                               torch.nn.Flatten(), torch.nn.Linear(6 * 6 * 6, 3)).eval()
@@ -218,7 +228,8 @@ def test_a_zoo_model_runs_the_whole_dag(tmp_path, family):
         width = f[f"m0/{layers[-1]}"].attrs["n_channels"]
     assert width == {"vit": 32, "mobilenet": 144}[family]      # embed_dim; 576 x width_mult
     with h5py.File(res / "base" / "trak" / "features" / "m0_final.h5") as f:
-        assert f.attrs.get("per_example_params", "") == ("net.cls_token,net.pos_embed" if family == "vit" else "")
+        # auto: hooks where they see every parameter, else one vmap pass for all (no parameter dropped)
+        assert f.attrs["projector"] == {"vit": "SparseJLProjector", "mobilenet": "FactoredProjector"}[family]
     for condition in ("top-hilo", "random", "matched-hilo"):
         assert (res / condition / "models" / "m1.h5").exists()
     assert (res / "validate" / "hilo.txt").read_text().startswith("hilo: ")

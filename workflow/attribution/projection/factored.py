@@ -88,6 +88,19 @@ def calls(model: nn.Module, names) -> dict:
     return count
 
 
+def owners(model: nn.Module) -> list:
+    """[(name, module, hooked)] for every module that owns parameters, in ``named_modules()``
+    order: hooked when ``hookable`` and run exactly once by a forward pass (``calls``)."""
+    found = [(name, module) for name, module in model.named_modules() if list(module.parameters(recurse=False))]
+    runs = calls(model, [name for name, module in found if hookable(module)])
+    return [(name, module, hookable(module) and runs.get(name, 1) == 1) for name, module in found]
+
+
+def needs_per_example(model: nn.Module) -> bool:
+    """Whether some parameter of ``model`` is beyond the hooks (``FactoredProjector.per_example``)."""
+    return not all(hooked for _, _, hooked in owners(model))
+
+
 def _rademacher(gen, rows: int, cols: int) -> torch.Tensor:
     return torch.randint(0, 2, (rows, cols), generator=gen).mul_(2).sub_(1).float() / math.sqrt(cols)
 
@@ -201,11 +214,8 @@ class FactoredProjector(AbstractProjector):
         self.proj_dim, self.seed, self.proj_type = int(proj_dim), int(seed), proj_type
         self.device = torch.device(device)
         self.layer_dim = None if layer_dim is None else int(layer_dim)
-        owners = [(name, module) for name, module in model.named_modules() if list(module.parameters(recurse=False))]
-        runs = calls(model, [name for name, module in owners if hookable(module)])
         self.layers, names = [], []
-        for name, module in owners:
-            hooked = hookable(module) and runs.get(name, 1) == 1
+        for name, module, hooked in owners(model):
             self.layers.append(_Layer(name, module, self.layer_dim, hooked))
             names += [f"{name}.{p}" if name else p for p, _ in module.named_parameters(recurse=False)]
         if names != [n for n, _ in model.named_parameters()]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from trak.projectors import BasicProjector, NoOpProjector, ProjectionType
 
-from .factored import FactoredProjector
+from .factored import FactoredProjector, needs_per_example
 from .gradients import HookGradients, PerExampleGradients
 from .sparse import SparseJLProjector
 
@@ -18,14 +18,18 @@ def cuda_projector_available() -> bool:
 
 
 def resolve(kind: str, model, device: str) -> str:
-    """``auto`` = traker's CUDA projector on a GPU with fast_jl installed, else ``factored``:
-    hooks for every module they apply to, exact per-example (vmap) gradients for the rest,
-    so it covers every model and drops no parameter (``factored``'s docstring)."""
+    """``auto`` = the fastest exact path for this model: traker's CUDA projector on a GPU
+    with fast_jl installed; else ``factored`` where hooks see every parameter (every
+    ResNet, MobileNet, ShuffleNet); else ``sparse``, one vmap pass for all parameters,
+    since the parameters beyond the hooks (a ViT's class token and position embedding)
+    need a full per-example pass anyway (on a 6-block ViT the hook pass plus that pass took
+    1.43x the single pass; bench/zoo_projectors.py, docs/performance.md). No path drops a
+    parameter."""
     if kind != "auto":
         return kind
     if device == "cuda" and cuda_projector_available():
         return "cuda"
-    return "factored"
+    return "sparse" if needs_per_example(model) else "factored"
 
 
 def make(kind: str, model, proj_dim: int, seed: int, device: str, layer_dim=None, dtype=torch.float32):
