@@ -28,6 +28,8 @@ demo: venv
 AVX2 := ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2
 AVX2_TESTS := tests/test_models_training.py tests/test_factored.py tests/test_estimators.py \
 	tests/test_metagradient.py::test_the_replay_is_the_training_stage_masked_twin \
+	tests/test_zoo.py::test_projected_gradients_match_exact_per_example_gradients_projected_by_the_same_map \
+	tests/test_zoo.py::test_zero_removal_reproduces_the_base_weights_bit_for_bit \
 	tests/test_workflow.py::test_every_concept_member_and_layer_is_probed \
 	tests/test_workflow.py::test_trak_scores_for_every_concept_and_layer \
 	tests/test_workflow.py::test_validate_writes_every_field_and_predicts_minus_the_sum_of_removed_scores

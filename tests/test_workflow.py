@@ -151,6 +151,7 @@ EDITS = {
     "interval level: validate, LDS, compare and report only": (("compare", "confidence", 0.9),
                                                                plus(REPORT, VALIDATE, LDS)),
     "thread count: nothing": (("threads", "probes", 2), {}),
+    "token pooling on resnet18 (it has no token sequences): nothing": (("activations", "token_pool", "cls"), {}),
     "spawn epoch: the retrained twins and the metagradient (it replays from there), not the base run": (
         ("ablation", "spawn_epoch", 1), plus(retrain(N_COND - 1), {"estimate": 1, "score_margin": 1}, REPORT,
                                              VALIDATE, LDS_RETRAIN)),
@@ -175,6 +176,10 @@ def test_config_edit_reruns_exactly_the_affected_jobs(tiny_run, tmp_path, name):
     (lambda c: c["ensemble"].update(size="three"), r"ensemble\.size: 'three' is not of type 'integer'"),
     (lambda c: c.update(dataset={"name": "imagefolder", "root": "/no/such/imagenet"}),
      r"dataset\.root: directory not found: /no/such/imagenet"),
+    (lambda c: c.update(model={"arch": "timm:vit_tiny_patch16_22"}),
+     r"model\.arch: timm has no model 'vit_tiny_patch16_22' \(did you mean vit_tiny_patch16_224"),
+    (lambda c: c.update(model={"arch": "torchvision:mobilenet_v3_small"}, layers=["features.99"]),
+     r"layers: 'features\.99' is not a module of torchvision:mobilenet_v3_small"),
 ])
 def test_bad_config_fails_before_any_job(tmp_path, edit, message):
     cfg = yaml.safe_load(yaml.safe_dump(TINY))

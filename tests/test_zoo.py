@@ -235,3 +235,11 @@ def test_a_zoo_model_runs_the_whole_dag(tmp_path, family):
     assert (res / "validate" / "hilo.txt").read_text().startswith("hilo: ")
     assert "hilo" in (res / "compare" / "verdicts.txt").read_text()
     assert (res / "report" / "index.html").stat().st_size > 1000
+
+
+def test_the_schema_names_exactly_the_optimizer_and_schedule_registries():
+    from workflow.config import schema
+
+    t = schema()["properties"]["train"]["properties"]
+    assert t["optimizer"]["enum"] == list(train.OPTIMIZERS) and t["schedule"]["enum"] == list(train.SCHEDULES)
+    assert t["optimizer"]["default"] == "sgd" and t["schedule"]["default"] == "onecycle"   # resnet18's recipe

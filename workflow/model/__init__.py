@@ -1,2 +1,2 @@
-"""Stages 2 and 8, model: the ResNet-18 ensemble, its training (base and ablated,
-paired with the base run) and its checkpoints."""
+"""Stages 2 and 8, model: the ensemble (resnet18, or any torchvision or timm classifier by
+name), its training (base and ablated, paired with the base run) and its checkpoints."""

@@ -145,35 +145,42 @@ def parameter_groups(model, weight_decay: float, decay_norms: bool = True):
             {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0}]
 
 
+def sgd(groups, tcfg: dict):
+    """The workflow's recipe: Nesterov momentum (``train.momentum``)."""
+    return torch.optim.SGD(groups, lr=tcfg["lr"], momentum=tcfg["momentum"], weight_decay=tcfg["weight_decay"],
+                           nesterov=True)
+
+
+def adamw(groups, tcfg: dict):
+    """The transformers' recipe: betas 0.9 / 0.999, decoupled weight decay."""
+    return torch.optim.AdamW(groups, lr=tcfg["lr"], betas=(0.9, 0.999), weight_decay=tcfg["weight_decay"])
+
+
+def onecycle(opt, tcfg: dict, total_steps: int):
+    """Linear one-cycle over the learning rate, and the momentum or Adam's beta1 (``warmup_fraction``)."""
+    return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=tcfg["lr"], total_steps=total_steps,
+                                               pct_start=warmup_fraction(total_steps), anneal_strategy="linear")
+
+
+def cosine(opt, tcfg: dict, total_steps: int):
+    """Linear warm-up over ``train.warmup`` of the steps, then cosine decay to 0 (``cosine_factor``)."""
+    warmup = min(total_steps - 1, max(1, round(tcfg["warmup"] * total_steps))) if total_steps > 1 else 0
+    return torch.optim.lr_scheduler.LambdaLR(opt, partial(cosine_factor, total=total_steps, warmup=warmup))
+
+
+OPTIMIZERS = {"sgd": sgd, "adamw": adamw}        # train.optimizer (the schema's enum)
+SCHEDULES = {"onecycle": onecycle, "cosine": cosine}   # train.schedule
+
+
 def make_optimizer(model, tcfg: dict):
-    """``train.optimizer``: sgd (Nesterov momentum; the workflow's recipe) or adamw (the
-    transformers' recipe: betas 0.9/0.999, decoupled weight decay), over ``parameter_groups``."""
-    groups = parameter_groups(model, tcfg["weight_decay"], tcfg["decay_norms"])
-    name = tcfg.get("optimizer", "sgd")
-    if name == "sgd":
-        return torch.optim.SGD(groups, lr=tcfg["lr"], momentum=tcfg["momentum"], weight_decay=tcfg["weight_decay"],
-                               nesterov=True)
-    if name == "adamw":
-        return torch.optim.AdamW(groups, lr=tcfg["lr"], betas=(0.9, 0.999), weight_decay=tcfg["weight_decay"])
-    raise ValueError(f"train.optimizer: unknown optimizer {name!r}")
+    """``train.optimizer`` (``OPTIMIZERS``; sgd when absent) over ``parameter_groups``."""
+    return OPTIMIZERS[tcfg.get("optimizer", "sgd")](parameter_groups(model, tcfg["weight_decay"],
+                                                                       tcfg["decay_norms"]), tcfg)
 
 
 def make_schedule(opt, tcfg: dict, total_steps: int):
-    """``train.schedule``: onecycle (linear one-cycle over the learning rate, and the momentum
-    or Adam's beta1; ``warmup_fraction``) or cosine (linear warm-up over ``train.warmup`` of
-    the steps, then cosine decay to 0)."""
-    name = tcfg.get("schedule", "onecycle")
-    if name == "onecycle":
-        return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=tcfg["lr"], total_steps=total_steps,
-                                                   pct_start=warmup_fraction(total_steps), anneal_strategy="linear")
-    if name == "cosine":
-        return torch.optim.lr_scheduler.LambdaLR(opt, partial(cosine_factor, total=total_steps,
-                                                              warmup=warmup_steps(tcfg, total_steps)))
-    raise ValueError(f"train.schedule: unknown schedule {name!r}")
-
-
-def warmup_steps(tcfg: dict, total_steps: int) -> int:
-    return min(total_steps - 1, max(1, round(tcfg.get("warmup", 0.1) * total_steps))) if total_steps > 1 else 0
+    """``train.schedule`` (``SCHEDULES``; onecycle when absent) over ``total_steps`` steps."""
+    return SCHEDULES[tcfg.get("schedule", "onecycle")](opt, tcfg, total_steps)
 
 
 def cosine_factor(step: int, total: int, warmup: int) -> float:
