@@ -127,18 +127,30 @@ def test_refuses_training_mode(net):
         net.eval()
 
 
-def test_modules_without_a_hook_formula_take_the_exact_per_example_path():
-    """GroupNorm has no hook formula here: its parameters get vmap's exact per-example
-    gradients, joined before the same hash; the whole map is still the linear one."""
+SMALL_NETS = {
+    # GroupNorm has no hook formula: its parameters take vmap's exact per-example gradients
+    "groupnorm": (lambda: torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.GroupNorm(2, 4), torch.nn.Flatten(),
+                                              torch.nn.Linear(4 * 30 * 30, 5)), 3, ["1.weight", "1.bias"]),
+    # grouped and depthwise convolutions: hooked, per group
+    "grouped": (lambda: torch.nn.Sequential(torch.nn.Conv2d(3, 6, 3, padding=1, groups=3),
+                                            torch.nn.Conv2d(6, 6, 3, groups=6, bias=False), torch.nn.Flatten(),
+                                            torch.nn.Linear(6 * 30 * 30, 5)), 3, []),
+}
+
+
+@pytest.mark.parametrize("name", SMALL_NETS)
+def test_hooks_and_the_exact_per_example_path_together_are_the_linear_map(name):
+    """Whatever takes which path, the features equal the exact per-example gradients
+    projected by the same map."""
     torch.manual_seed(0)
-    odd = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.GroupNorm(2, 4), torch.nn.Flatten(),
-                              torch.nn.Linear(4 * 30 * 30, 5)).eval()
-    p = FactoredProjector(odd, 64, 0)
-    assert p.per_example == ["1.weight", "1.bias"]
-    x = torch.rand(3, 3, 32, 32)
-    fast, _ = p.featurize(odd, lambda m, xb: m(xb)[:, 2], x, 0)
-    params = {k: v.detach() for k, v in odd.named_parameters()}
-    exact = torch.func.vmap(torch.func.grad(lambda ps, xi: torch.func.functional_call(odd, ps, (xi[None],))[0, 2]),
+    build, channels, per_example = SMALL_NETS[name]
+    net = build().eval()
+    p = FactoredProjector(net, 64, 0)
+    assert p.per_example == per_example
+    x = torch.rand(3, channels, 32, 32)
+    fast, _ = p.featurize(net, lambda m, xb: m(xb)[:, 2], x, 0)
+    params = {k: v.detach() for k, v in net.named_parameters()}
+    exact = torch.func.vmap(torch.func.grad(lambda ps, xi: torch.func.functional_call(net, ps, (xi[None],))[0, 2]),
                             in_dims=(None, 0))(params, x)
     torch.testing.assert_close(fast, p.project(vectorize(exact, device="cpu"), 0), rtol=1e-4, atol=1e-5)
 

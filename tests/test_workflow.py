@@ -151,7 +151,8 @@ EDITS = {
     "interval level: validate, LDS, compare and report only": (("compare", "confidence", 0.9),
                                                                plus(REPORT, VALIDATE, LDS)),
     "thread count: nothing": (("threads", "probes", 2), {}),
-    "token pooling on resnet18 (it has no token sequences): nothing": (("activations", "token_pool", "cls"), {}),
+    "token pooling on resnet18 (it has no token sequences): the report only (it shows the config)": (
+        ("activations", "token_pool", "cls"), {"report_html": 1, "all": 1}),
     "spawn epoch: the retrained twins and the metagradient (it replays from there), not the base run": (
         ("ablation", "spawn_epoch", 1), plus(retrain(N_COND - 1), {"estimate": 1, "score_margin": 1}, REPORT,
                                              VALIDATE, LDS_RETRAIN)),

@@ -74,19 +74,6 @@ def test_auto_takes_the_hooks_where_they_see_every_parameter_else_one_vmap_pass(
     assert forced.projector.per_example == ["net.cls_token", "net.pos_embed"]
 
 
-def test_grouped_and_depthwise_convolutions_are_hooked_exactly():
-    net = torch.nn.Sequential(torch.nn.Conv2d(4, 6, 3, padding=1, groups=2), torch.nn.Conv2d(6, 6, 3, groups=6, bias=False),
-                              torch.nn.Flatten(), torch.nn.Linear(6 * 6 * 6, 3)).eval()
-    p = FactoredProjector(net, 64, 0)
-    assert p.per_example == []
-    x = torch.rand(3, 4, 8, 8)
-    fast, _ = p.featurize(net, lambda m, xb: m(xb)[:, 1], x, 0)
-    params = {k: v.detach() for k, v in net.named_parameters()}
-    exact = torch.func.vmap(torch.func.grad(lambda ps, xi: torch.func.functional_call(net, ps, (xi[None],))[0, 1]),
-                            in_dims=(None, 0))(params, x)
-    torch.testing.assert_close(fast, p.project(vectorize(exact, device="cpu"), 0), rtol=1e-4, atol=1e-5)
-
-
 def test_pooling_follows_the_output_shape():
     h = torch.arange(2 * 3 * 4 * 4, dtype=torch.float32).view(2, 3, 4, 4)
     torch.testing.assert_close(classifier.pool(h), h.mean((2, 3)))
