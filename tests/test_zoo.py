@@ -207,6 +207,7 @@ def test_a_zoo_model_runs_the_whole_dag(tmp_path, family):
                                                              "features.12"]}[family]
     with h5py.File(res / "base" / "models" / "m0.h5") as f:
         assert yaml.safe_load(f.attrs["arch"])["arch"] == spec["arch"]
+        assert ("timm" in yaml.safe_load(f.attrs["versions"])) == (family == "vit")   # its code defines the network
         if family == "vit":
             assert any(k.endswith(":exp_avg") for k in f["optimizer/epoch_0001"])
     with h5py.File(res / "base" / "probes" / "hilo.h5") as f:

@@ -43,6 +43,8 @@ def versions() -> dict:
         # torch picks its CPU kernels by the CPU's vector ISA (AVX2, AVX512, ...), and
         # trained weights differ between them: the same bytes need the same capability.
         out["torch_cpu_capability"] = torch.backends.cpu.get_cpu_capability()
+    if "timm" in sys.modules:   # a timm model was built (model.arch timm:<name>): its code defines the network
+        out["timm"] = md.version("timm")
     return out
 
 

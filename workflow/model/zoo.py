@@ -131,7 +131,8 @@ def load_weights(model: nn.Module, path) -> None:
     """Start from the weights in a local file (a state dict of the network, or of the
     wrapped model, or a checkpoint with ``state_dict``/``model``): every tensor whose
     name and shape match is copied; the rest (e.g. a classifier head for another number
-    of classes) keeps its initialisation, and the log names them."""
+    of classes, and resnet18's normalisation buffers, which belong to this training set)
+    keeps its initialisation, and the log names them."""
     state = torch.load(path, map_location="cpu", weights_only=True)
     for key in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
@@ -139,7 +140,8 @@ def load_weights(model: nn.Module, path) -> None:
     net = model.net if isinstance(model, Classifier) else model
     own = net.state_dict()
     state = {k.removeprefix("net."): v for k, v in state.items()}
-    used = {k: v for k, v in state.items() if k in own and tuple(v.shape) == tuple(own[k].shape)}
+    used = {k: v for k, v in state.items() if k in own and tuple(v.shape) == tuple(own[k].shape)
+            and k not in ("pixel_mean", "pixel_std")}   # the normalisation is this training set's
     if not used:
         raise ValueError(f"model.weights: no tensor of {path} matches the network's names and shapes")
     net.load_state_dict(used, strict=False)
