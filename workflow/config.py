@@ -139,13 +139,13 @@ def check_model(config: dict) -> dict:
     ``timm:``) is built on torch's meta device by ``model.zoo.complete``, which checks its
     name, kwargs and module paths and fills in its default layers (only then is torch imported)."""
     m = config["model"]
+    if m["weights"] is not None and not os.path.isfile(m["weights"]):
+        raise ConfigError(f"config error: model.weights: file not found: {m['weights']}")
     if m["arch"] != "resnet18":
         from .model.zoo import complete
         return complete(config)
     if m["kwargs"]:
         raise ConfigError("config error: model.kwargs: resnet18 takes none (its one knob is model.width)")
-    if m["weights"] is not None and not os.path.isfile(m["weights"]):
-        raise ConfigError(f"config error: model.weights: file not found: {m['weights']}")
     if config["layers"] is None:
         return {**config, "layers": list(RESNET18_DEFAULT_LAYERS)}
     for layer in config["layers"]:

@@ -70,7 +70,7 @@ class Recipe:
             boxes = crop_draws(gen, self.n) if crops else None
             if epoch > self.start:
                 self.draws.append((d[0], (d[1], d[2], d[3], boxes)))
-        self.lr, self.mu = schedule(self.tcfg, epochs * self.spe)
+        self.lr, self.mu = step_schedule(self.tcfg, epochs * self.spe)   # one-cycle cycles the momentum too
         self.groups = self.tcfg["weight_decay"], self.tcfg["decay_norms"]
 
     def steps(self, epoch_index: int):
@@ -90,12 +90,6 @@ class Recipe:
 
     def close(self):
         self.source.close()
-
-
-def schedule(tcfg: dict, total: int) -> tuple:
-    """(learning rate [total], momentum [total]) of each step: the one-cycle schedule of the
-    training recipe, read off torch's own scheduler (it cycles the momentum too)."""
-    return step_schedule(tcfg, total)
 
 
 class State:

@@ -17,7 +17,6 @@ import torch
 from torch import nn
 
 PSEUDO = ("input", "logits")
-TOKEN_POOLS = ("mean", "cls")
 
 
 class _Enough(Exception):

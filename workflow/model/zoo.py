@@ -20,13 +20,12 @@ from __future__ import annotations
 
 import difflib
 import logging
-import os
 
 import torch
 from torch import nn
 
 from ..errors import ConfigError
-from .classifier import TOKEN_POOLS, Classifier, prefix_tokens
+from .classifier import Classifier, prefix_tokens
 from .resnet import ScalableResNet18
 
 log = logging.getLogger(__name__)
@@ -214,11 +213,9 @@ def complete(config: dict) -> dict:
     """``config`` (resolved by ``workflow.config.resolve``) with its model section checked
     and ``layers`` filled in from the family's defaults when not given. Errors are one line
     and name the key."""
-    model, arch = config["model"], config["model"]["arch"]
-    if model["weights"] is not None and not os.path.isfile(model["weights"]):
-        raise ConfigError(f"config error: model.weights: file not found: {model['weights']}")
-    net = probe_build(arch, model["kwargs"])
-    layers = config["layers"] if config["layers"] is not None else default_layers(FAMILIES[arch.split(":")[0]], net)
+    arch = config["model"]["arch"]
+    net = probe_build(arch, config["model"]["kwargs"])
+    layers = config["layers"] if config["layers"] is not None else default_layers(family_of(arch)[0], net)
     paths = {n for n, _ in net.named_modules() if n}
     for layer in layers:
         if layer not in paths and layer not in ("input",):
@@ -226,8 +223,6 @@ def complete(config: dict) -> dict:
             raise ConfigError(f"config error: layers: {layer!r} is not a module of {arch}"
                               + (f" (closest: {', '.join(close)})" if close else "")
                               + f"; its modules: {', '.join(available(net))}")
-    pool = config["activations"]["token_pool"]
-    assert pool in TOKEN_POOLS
-    if pool == "cls" and prefix_tokens(net) == 0:
+    if config["activations"]["token_pool"] == "cls" and prefix_tokens(net) == 0:
         raise ConfigError(f"config error: activations.token_pool: {arch} has no class token; use mean")
     return {**config, "layers": list(layers)}

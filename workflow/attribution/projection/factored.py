@@ -36,6 +36,7 @@ parameter is ever dropped.
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -43,11 +44,8 @@ from torch import nn
 from trak.projectors import AbstractProjector, ProjectionType
 from trak.utils import vectorize
 
-from .sparse import SparseJLProjector
-
-import warnings
-
 from .gradients import per_example_output
+from .sparse import SparseJLProjector
 
 HOOKED = (nn.Conv2d, nn.Linear, nn.BatchNorm2d, nn.LayerNorm)
 # subclasses whose forward is their base class's arithmetic (timm's LayerNorm: F.layer_norm)
@@ -69,7 +67,8 @@ def hookable(module: nn.Module) -> bool:
 def calls(model: nn.Module, names) -> dict:
     """{module name: times it runs in one forward pass of a blank 2-image batch} (eval mode,
     no gradients); {} when the model does not state its image size (``arch``)."""
-    size = getattr(model, "arch", {}).get("image_size") if isinstance(getattr(model, "arch", None), dict) else None
+    arch = getattr(model, "arch", None)
+    size = arch.get("image_size") if isinstance(arch, dict) else None
     if size is None:
         return {}
     modules = dict(model.named_modules())
